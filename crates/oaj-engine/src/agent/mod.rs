@@ -1,0 +1,97 @@
+//! Agents: what does the work of a step. Built-ins, inline `command`, `http` and `llm` agents,
+//! and agents that an embedding application registers through the [`Agent`] trait.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Something that does the work of a step: it takes the step's resolved input and returns its
+/// output.
+///
+/// An agent must stop promptly when `call.cancel` fires (a cancel or a timeout): a process agent
+/// kills its process group, a network agent drops its request. The engine waits a grace period
+/// for that, then abandons the call.
+#[async_trait]
+pub trait Agent: Send + Sync + 'static {
+    /// Runs one attempt of a step.
+    async fn call(&self, call: AgentCall) -> Result<AgentOutput, AgentError>;
+}
+
+/// One attempt of a step, as an agent sees it.
+#[derive(Debug, Clone)]
+pub struct AgentCall {
+    /// The step's resolved input object.
+    pub input: Value,
+    /// The part after the dot of an `agent.capability` component, if any.
+    pub capability: Option<String>,
+    /// Key that is the same for every delivery of this attempt: `job/step/item/attempt`. Agents
+    /// pass it to outside services so that those can drop a repeated request.
+    pub idempotency_key: String,
+    /// Job id, for logs.
+    pub job_id: String,
+    /// Step id, for logs.
+    pub step_id: String,
+    /// Attempt number, 1 for the first.
+    pub attempt: u32,
+    /// Fires when the attempt must stop: job cancelled or attempt timed out.
+    pub cancel: CancellationToken,
+}
+
+/// What a successful attempt produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentOutput {
+    /// The step's output.
+    pub output: Value,
+    /// Text kept as the attempt's log (a command's stderr, for example).
+    pub log: String,
+    /// Tokens used, for LLM agents.
+    pub usage: Option<TokenUsage>,
+}
+
+/// Tokens counted by an LLM endpoint for one attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenUsage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub completion_tokens: u64,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct AgentError {
+    /// What went wrong, naming the value at fault.
+    pub message: String,
+    /// Whether another attempt could succeed (a 503 could, a 400 could not).
+    pub is_retryable: bool,
+    /// Delay the outside service asked for before the next attempt.
+    pub retry_after: Option<Duration>,
+    /// Text kept as the attempt's log.
+    pub log: String,
+    /// Tokens used before the failure, for LLM agents.
+    pub usage: Option<TokenUsage>,
+}
+
+impl AgentError {
+    /// Creates a retryable error with no log.
+    pub fn retryable(message: impl Into<String>) -> AgentError {
+        AgentError {
+            message: message.into(),
+            is_retryable: true,
+            retry_after: None,
+            log: String::new(),
+            usage: None,
+        }
+    }
+
+    /// Creates an error that no retry can fix.
+    pub fn permanent(message: impl Into<String>) -> AgentError {
+        AgentError {
+            is_retryable: false,
+            ..AgentError::retryable(message)
+        }
+    }
+}
