@@ -1,0 +1,85 @@
+//! Errors returned by store operations.
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The worker's lease on the job was taken by another worker or expired, so the write was
+    /// rejected (fencing). The worker must stop working on the job.
+    #[error("lease on job {job_id} was lost (token {token} is no longer current)")]
+    LeaseLost {
+        /// The job whose lease was lost.
+        job_id: String,
+        /// The token the worker held.
+        token: i64,
+    },
+    /// No job has this id.
+    #[error("job {0} not found")]
+    JobNotFound(String),
+    /// No workflow has this id and version.
+    #[error("workflow {id} version {version} not found")]
+    WorkflowNotFound {
+        /// Workflow id.
+        id: String,
+        /// Version asked for, or `latest`.
+        version: String,
+    },
+    /// A workflow with this id and version is stored with a different document. Versions are
+    /// immutable: register a new version instead.
+    #[error("workflow {id} version {version} already exists with a different document: register it under a new version")]
+    WorkflowExistsWithDifferentDocument {
+        /// Workflow id.
+        id: String,
+        /// Version.
+        version: String,
+    },
+    /// A job with this idempotency key exists and was created by a different request.
+    #[error("idempotency key {key:?} was already used by job {job_id} with a different request")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+        /// The job that holds it.
+        job_id: String,
+    },
+    /// The operation does not apply to a job in its current state.
+    #[error("job {job_id} is {state}: {message}")]
+    JobStateConflict {
+        /// The job.
+        job_id: String,
+        /// Its current state.
+        state: oaj_core::JobState,
+        /// What the caller asked and why it cannot happen.
+        message: String,
+    },
+    /// A job dependency names a job that does not exist, or would create a cycle.
+    #[error("invalid dependency: {0}")]
+    DependencyInvalid(String),
+    /// No step run matches, or it is not waiting for a decision.
+    #[error("step {step_id} of job {job_id} is not waiting for approval")]
+    ApprovalNotWaiting {
+        /// The job.
+        job_id: String,
+        /// The step.
+        step_id: String,
+    },
+    /// The database file could not be opened: missing folder, not a database, or no permission.
+    #[error("cannot open database {path}: {message}")]
+    Open {
+        /// Path of the file.
+        path: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// The database is locked by another program for longer than the busy timeout.
+    #[error("database is busy: another process holds a lock on it ({0})")]
+    Busy(String),
+    /// A stored value could not be read back, which means the file was changed by something else
+    /// or is corrupt.
+    #[error("corrupt data in the store: {0}")]
+    Corrupt(String),
+    /// Any other database failure.
+    #[error("database error: {0}")]
+    Database(String),
+    /// The store was shut down.
+    #[error("the store is closed")]
+    Closed,
+}

@@ -1,0 +1,114 @@
+//! The `Store` trait: every read and write of oaj's durable state goes through it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use oaj_core::JobState;
+use tokio::sync::{broadcast, Notify};
+
+use crate::error::StoreError;
+use crate::model::*;
+
+/// Durable storage of workflows, jobs, step runs, attempts and events.
+///
+/// Contract shared by every implementation, checked by the conformance suite:
+/// - A method returns only after its change is durable (committed with a synced log).
+/// - Every state change writes its event in the same transaction.
+/// - Worker writes (`attempt_*`, `step_update`, `job_finish`) carry a [`Lease`]. When the lease's
+///   token is no longer the job's current token, or the job is no longer running, the write is
+///   rejected with [`StoreError::LeaseLost`] and nothing is changed.
+/// - Job state changes follow `oaj_core::transition`; a move it rejects is a bug and panics.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a workflow version. Storing the same document again is a no-op; a different document
+    /// under a stored id and version is [`StoreError::WorkflowExistsWithDifferentDocument`].
+    async fn workflow_insert(&self, record: WorkflowRecord)
+        -> Result<WorkflowInserted, StoreError>;
+
+    /// Fetches a workflow version, or the highest version (semver order) when `version` is `None`.
+    async fn workflow_get(
+        &self,
+        id: &str,
+        version: Option<&str>,
+    ) -> Result<Option<WorkflowRecord>, StoreError>;
+
+    /// Lists the highest version of every workflow, by id.
+    async fn workflow_list(&self) -> Result<Vec<WorkflowRecord>, StoreError>;
+
+    /// Inserts jobs in one transaction and returns their ids in order. A job whose dependencies
+    /// have not all completed, or whose `run_at` is in the future, is pending; others are queued.
+    /// A dependency that already failed or was cancelled fails the new job at once (unless it asks
+    /// to run anyway). With `batch_id`, the jobs form a batch of that id. A job whose idempotency
+    /// key is stored returns the stored job's id when the request matches, and
+    /// [`StoreError::IdempotencyKeyReused`] when it does not.
+    async fn job_insert_many(
+        &self,
+        jobs: Vec<JobNew>,
+        batch_id: Option<String>,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Fetches one job.
+    async fn job_get(&self, id: &str) -> Result<Option<Job>, StoreError>;
+
+    /// Lists jobs, newest first, with filters and a cursor.
+    async fn job_list(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError>;
+
+    /// Counts jobs by state, from counters kept up to date on every change.
+    async fn job_counts(&self) -> Result<BTreeMap<JobState, u64>, StoreError>;
+
+    /// Applies a user action and returns the job afterwards. On a running job, cancel and pause
+    /// set [`Job::control`] for the worker to act on; elsewhere they take effect at once. Retry
+    /// resets failed and cancelled step runs to pending and keeps completed ones.
+    async fn job_action(&self, id: &str, action: JobAction, now: i64) -> Result<Job, StoreError>;
+
+    /// Deletes a job that has ended, with its step runs, attempts and events.
+    async fn job_delete(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Lists a job's step runs, by step id then item.
+    async fn step_run_list(&self, job_id: &str) -> Result<Vec<StepRun>, StoreError>;
+
+    /// Lists a job's attempts, oldest first.
+    async fn attempt_list(&self, job_id: &str) -> Result<Vec<Attempt>, StoreError>;
+
+    /// Lists events in sequence order.
+    async fn event_list(&self, filter: EventFilter) -> Result<Vec<Event>, StoreError>;
+
+    /// Records an approval decision for a step that is waiting, and queues the job again so that
+    /// a worker acts on it.
+    async fn approval_decide(&self, decide: ApprovalDecide) -> Result<(), StoreError>;
+
+    /// Claims up to `limit` queued jobs, highest priority first with ageing, FIFO inside a
+    /// priority, and gives each a new lease.
+    async fn job_claim(&self, params: ClaimParams) -> Result<Vec<ClaimedJob>, StoreError>;
+
+    /// Renews leases and reports, for each, whether it is still held and any user request.
+    async fn lease_extend(&self, params: LeaseExtend) -> Result<Vec<LeaseStatus>, StoreError>;
+
+    /// Records the start of an attempt and returns its id. Fenced by the lease.
+    async fn attempt_start(&self, start: AttemptStart) -> Result<i64, StoreError>;
+
+    /// Records the end of an attempt and the new state of its step run. Fenced by the lease.
+    async fn attempt_finish(&self, finish: AttemptFinish) -> Result<(), StoreError>;
+
+    /// Changes a step run without an attempt (skip, fan-out start, gather, approval wait).
+    /// Fenced by the lease.
+    async fn step_update(&self, update: StepUpdate) -> Result<(), StoreError>;
+
+    /// Ends the worker's hold on a job and releases the lease. A completed, failed or cancelled
+    /// job settles its dependents in the same transaction. Fenced by the lease.
+    async fn job_finish(&self, finish: JobFinish) -> Result<(), StoreError>;
+
+    /// Runs one maintenance pass: rescues expired leases, promotes pending jobs whose time has
+    /// come, and deletes finished jobs past retention, each in bounded batches.
+    async fn maintenance(&self, params: MaintenanceParams)
+        -> Result<MaintenanceReport, StoreError>;
+
+    /// Returns the notifier woken when jobs may have become claimable in this process (insert,
+    /// promote, resume, retry, approval). Other processes' changes are found by polling.
+    fn work_notify(&self) -> Arc<Notify>;
+
+    /// Subscribes to events committed by this process, in sequence order. A subscriber that
+    /// falls behind misses events and should read them back with [`Store::event_list`].
+    fn event_subscribe(&self) -> broadcast::Receiver<Event>;
+}
