@@ -9,10 +9,14 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 mod builtin;
+mod command;
+mod env_template;
+mod process_group;
 #[cfg(test)]
 mod test_support;
 
 pub use builtin::{EchoAgent, FailAgent, NoopAgent, SleepAgent};
+pub use command::CommandAgent;
 
 /// Something that does the work of a step: it takes the step's resolved input and returns its
 /// output.
