@@ -11,12 +11,15 @@ use tokio_util::sync::CancellationToken;
 mod builtin;
 mod command;
 mod env_template;
+mod http;
+mod http_response;
 mod process_group;
 #[cfg(test)]
 mod test_support;
 
 pub use builtin::{EchoAgent, FailAgent, NoopAgent, SleepAgent};
 pub use command::CommandAgent;
+pub use http::HttpAgent;
 
 /// Something that does the work of a step: it takes the step's resolved input and returns its
 /// output.
