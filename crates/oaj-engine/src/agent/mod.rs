@@ -13,6 +13,7 @@ mod command;
 mod env_template;
 mod http;
 mod http_response;
+mod llm;
 mod process_group;
 #[cfg(test)]
 mod test_support;
@@ -20,6 +21,7 @@ mod test_support;
 pub use builtin::{EchoAgent, FailAgent, NoopAgent, SleepAgent};
 pub use command::CommandAgent;
 pub use http::HttpAgent;
+pub use llm::LlmAgent;
 
 /// Something that does the work of a step: it takes the step's resolved input and returns its
 /// output.
