@@ -15,6 +15,7 @@ mod http;
 mod http_response;
 mod llm;
 mod process_group;
+mod registry;
 #[cfg(test)]
 mod test_support;
 
@@ -22,6 +23,7 @@ pub use builtin::{EchoAgent, FailAgent, NoopAgent, SleepAgent};
 pub use command::CommandAgent;
 pub use http::HttpAgent;
 pub use llm::LlmAgent;
+pub use registry::{agent_from_spec, AgentRegistry};
 
 /// Something that does the work of a step: it takes the step's resolved input and returns its
 /// output.
