@@ -16,7 +16,17 @@ use super::AgentError;
 ///
 /// A permanent error when a variable is not set or its value is not valid UTF-8.
 pub(crate) fn env_interpolate(template: &str, field: &str) -> Result<String, AgentError> {
+    env_interpolate_with_values(template, field).map(|(text, _values)| text)
+}
+
+/// Works as [`env_interpolate`], and also returns the values read from the environment, so that
+/// callers can treat them as secrets.
+pub(crate) fn env_interpolate_with_values(
+    template: &str,
+    field: &str,
+) -> Result<(String, Vec<String>), AgentError> {
     let mut result = String::with_capacity(template.len());
+    let mut values = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find("${") {
         result.push_str(&rest[..start]);
@@ -27,31 +37,27 @@ pub(crate) fn env_interpolate(template: &str, field: &str) -> Result<String, Age
         };
         let inner = after_open[..close].trim();
         match inner.strip_prefix("env.").filter(|name| is_env_name(name)) {
-            Some(name) => result.push_str(&env_value(name, field)?),
+            Some(name) => {
+                let value = env_value(name, field)?;
+                result.push_str(&value);
+                values.push(value);
+            }
             None => result.push_str(&rest[start..start + 2 + close + 1]),
         }
         rest = &after_open[close + 1..];
     }
     result.push_str(rest);
-    Ok(result)
+    Ok((result, values))
 }
 
-/// Returns whether `template` contains a `${env.NAME}` reference, so that callers can treat the
-/// resolved value as a secret.
-pub(crate) fn has_env_reference(template: &str) -> bool {
-    let mut rest = template;
-    while let Some(start) = rest.find("${") {
-        let after_open = &rest[start + 2..];
-        let Some(close) = after_open.find('}') else {
-            return false;
-        };
-        let inner = after_open[..close].trim();
-        if inner.strip_prefix("env.").is_some_and(is_env_name) {
-            return true;
-        }
-        rest = &after_open[close + 1..];
+/// Replaces each non-empty secret in `text` with `[redacted]`. Used on text that an outside
+/// service sent back, such as an error body, because some services echo request headers.
+pub(crate) fn secrets_redact(text: &str, secrets: &[String]) -> String {
+    let mut redacted = text.to_owned();
+    for secret in secrets.iter().filter(|secret| !secret.is_empty()) {
+        redacted = redacted.replace(secret.as_str(), "[redacted]");
     }
-    false
+    redacted
 }
 
 fn is_env_name(name: &str) -> bool {
@@ -110,9 +116,18 @@ mod tests {
     }
 
     #[test]
-    fn has_env_reference_detects_only_env() {
-        assert!(has_env_reference("Bearer ${env.TOKEN}"));
-        assert!(!has_env_reference("${inputs.token}"));
-        assert!(!has_env_reference("plain"));
+    fn interpolate_with_values_returns_env_values() {
+        std::env::set_var("OAJ_TEST_ENV_TEMPLATE_VALUES", "k-9");
+        let template = "${inputs.x} ${env.OAJ_TEST_ENV_TEMPLATE_VALUES}";
+        let (text, values) = env_interpolate_with_values(template, "header").expect("it is set");
+        assert_eq!(text, "${inputs.x} k-9");
+        assert_eq!(values, ["k-9"]);
+    }
+
+    #[test]
+    fn redact_replaces_each_secret() {
+        let secrets = ["tok-1".to_owned(), String::new()];
+        let redacted = secrets_redact("got Bearer tok-1 and tok-1", &secrets);
+        assert_eq!(redacted, "got Bearer [redacted] and [redacted]");
     }
 }

@@ -8,7 +8,7 @@ use oaj_core::workflow::HttpSpec;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, Method};
 
-use super::env_template::{env_interpolate, has_env_reference};
+use super::env_template::{env_interpolate_with_values, secrets_redact};
 use super::http_response::{request_error, response_body};
 use super::{output_from_bytes, run_cancellable, Agent, AgentCall, AgentError, AgentOutput};
 
@@ -44,10 +44,15 @@ impl HttpAgent {
         }
     }
 
-    fn request_build(&self, call: &AgentCall) -> Result<reqwest::RequestBuilder, AgentError> {
+    /// Builds the request, and returns with it the values taken from the environment.
+    fn request_build(
+        &self,
+        call: &AgentCall,
+    ) -> Result<(reqwest::RequestBuilder, Vec<String>), AgentError> {
         let method = method_parse(&self.spec.method)?;
-        let url = env_interpolate(&self.spec.url, "the URL")?;
-        let mut headers = headers_resolve(&self.spec.headers)?;
+        let (url, mut secrets) = env_interpolate_with_values(&self.spec.url, "the URL")?;
+        let (mut headers, header_secrets) = headers_resolve(&self.spec.headers)?;
+        secrets.extend(header_secrets);
         if !headers.contains_key(IDEMPOTENCY_KEY) {
             let key = HeaderValue::from_str(&call.idempotency_key).map_err(|_| {
                 AgentError::permanent(format!(
@@ -59,25 +64,31 @@ impl HttpAgent {
         }
         let has_body = method != Method::GET && method != Method::HEAD;
         let request = self.client.request(method, url).headers(headers);
-        Ok(if has_body {
+        let request = if has_body {
             request.json(&call.input)
         } else {
             request
-        })
+        };
+        Ok((request, secrets))
     }
 }
 
 #[async_trait]
 impl Agent for HttpAgent {
     async fn call(&self, call: AgentCall) -> Result<AgentOutput, AgentError> {
-        let request = self.request_build(&call)?;
+        let (request, secrets) = self.request_build(&call)?;
         let target = self.target.as_str();
         tracing::debug!(target, "sending request");
         let body = run_cancellable(&call.cancel, &format!("request {target}"), async {
             let response = request.send().await.map_err(|e| request_error(e, target))?;
             response_body(response, target).await
         })
-        .await?;
+        .await
+        .map_err(|mut error| {
+            error.message = secrets_redact(&error.message, &secrets);
+            error.log = secrets_redact(&error.log, &secrets);
+            error
+        })?;
         Ok(AgentOutput {
             output: output_from_bytes(&body),
             ..AgentOutput::default()
@@ -93,19 +104,21 @@ fn method_parse(method: &str) -> Result<Method, AgentError> {
     })
 }
 
-/// Resolves `${env.NAME}` in header values. Values that came from the environment are marked
-/// sensitive, so that reqwest and hyper leave them out of their debug output.
-pub(crate) fn headers_resolve(
+/// Resolves `${env.NAME}` in header values, and returns the values read from the environment.
+/// Headers that use one are marked sensitive, so that reqwest and hyper leave them out of their
+/// debug output.
+fn headers_resolve(
     templates: &BTreeMap<String, String>,
-) -> Result<HeaderMap, AgentError> {
+) -> Result<(HeaderMap, Vec<String>), AgentError> {
     let mut headers = HeaderMap::new();
+    let mut secrets = Vec::new();
     for (name, template) in templates {
         let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             AgentError::permanent(format!(
                 "header name {name:?} is invalid; fix the agent's headers"
             ))
         })?;
-        let value = env_interpolate(template, &format!("header {name}"))?;
+        let (value, env_values) = env_interpolate_with_values(template, &format!("header {name}"))?;
         // The message leaves the value out because it may hold a secret.
         let mut header_value = HeaderValue::from_str(&value).map_err(|_| {
             AgentError::permanent(format!(
@@ -113,10 +126,11 @@ pub(crate) fn headers_resolve(
                  line break?); fix it or the environment variable it uses"
             ))
         })?;
-        header_value.set_sensitive(has_env_reference(template));
+        header_value.set_sensitive(!env_values.is_empty());
         headers.insert(header_name, header_value);
+        secrets.extend(env_values);
     }
-    Ok(headers)
+    Ok((headers, secrets))
 }
 
 #[cfg(test)]
@@ -213,7 +227,14 @@ mod tests {
     #[tokio::test]
     async fn http_env_secret_kept_out_of_errors() {
         std::env::set_var("OAJ_TEST_HTTP_TOKEN", "tok-123");
-        let server = TestServer::start(|_| CannedResponse::text(500, "down")).await;
+        let server = TestServer::start(|request| {
+            let echoed = request
+                .header("authorization")
+                .unwrap_or_default()
+                .to_owned();
+            CannedResponse::text(500, &format!("down, you sent {echoed}"))
+        })
+        .await;
         let mut spec = spec("POST", server.url("/"));
         let bearer = "Bearer ${env.OAJ_TEST_HTTP_TOKEN}".to_owned();
         spec.headers.insert("Authorization".to_owned(), bearer);
@@ -230,6 +251,7 @@ mod tests {
         );
         assert!(!error.message.contains("tok-123"));
         assert!(!error.log.contains("tok-123"));
+        assert_eq!(error.log, "down, you sent Bearer [redacted]");
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ use reqwest::Client;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::env_template::secrets_redact;
 use super::http_response::{request_error, response_body};
 use super::{
     run_cancellable, text_truncate, Agent, AgentCall, AgentError, AgentOutput, TokenUsage,
@@ -98,34 +99,40 @@ impl LlmAgent {
         Ok(Value::Object(body))
     }
 
-    fn authorization(&self) -> Result<Option<HeaderValue>, AgentError> {
+    /// Reads the API key from the environment variable that `api_key_env` names, if any.
+    fn api_key(&self) -> Result<Option<String>, AgentError> {
         let Some(name) = &self.spec.api_key_env else {
             return Ok(None);
         };
-        let key = std::env::var(name).map_err(|_| {
-            AgentError::permanent(format!(
-                "environment variable {name} named by api_key_env is not set or not UTF-8; \
-                 set it to the API key in the environment of the oaj worker"
-            ))
-        })?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-            AgentError::permanent(format!(
-                "API key in environment variable {name} is not a valid header value; \
-                 remove line breaks and control characters from it"
-            ))
-        })?;
-        value.set_sensitive(true);
-        Ok(Some(value))
+        match std::env::var(name) {
+            Ok(key) if !key.is_empty() => Ok(Some(key)),
+            _ => Err(AgentError::permanent(format!(
+                "environment variable {name} named by api_key_env is missing, empty or not \
+                 UTF-8; set it to the API key in the environment of the oaj worker"
+            ))),
+        }
     }
+}
+
+fn bearer_header(key: &str, env_name: &str) -> Result<HeaderValue, AgentError> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+        AgentError::permanent(format!(
+            "API key in environment variable {env_name} is not a valid header value; \
+             remove line breaks and control characters from it"
+        ))
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 #[async_trait]
 impl Agent for LlmAgent {
     async fn call(&self, call: AgentCall) -> Result<AgentOutput, AgentError> {
         let body = self.request_body(&call.input)?;
+        let api_key = self.api_key()?;
         let mut request = self.client.post(self.url()).json(&body);
-        if let Some(authorization) = self.authorization()? {
-            request = request.header(AUTHORIZATION, authorization);
+        if let (Some(key), Some(env_name)) = (&api_key, &self.spec.api_key_env) {
+            request = request.header(AUTHORIZATION, bearer_header(key, env_name)?);
         }
         let target = self.target.as_str();
         tracing::debug!(target, model = %self.spec.model, "sending chat completion");
@@ -133,7 +140,13 @@ impl Agent for LlmAgent {
             let response = request.send().await.map_err(|e| request_error(e, target))?;
             response_body(response, target).await
         })
-        .await?;
+        .await
+        .map_err(|mut error| {
+            // Some endpoints quote the rejected key in their error body.
+            let secrets = Vec::from_iter(api_key.clone());
+            error.log = secrets_redact(&error.log, &secrets);
+            error
+        })?;
         completion_output(&response, &self.spec.model, target)
     }
 }
@@ -369,6 +382,33 @@ mod tests {
 
         assert!(!error.is_retryable);
         assert!(error.message.contains("OAJ_TEST_LLM_KEY_MISSING"));
+    }
+
+    #[tokio::test]
+    async fn llm_redacts_api_key_from_error_log() {
+        std::env::set_var("OAJ_TEST_LLM_KEY_ECHOED", "sk-echoed-2");
+        let server = TestServer::start(|request| {
+            let echoed = request
+                .header("authorization")
+                .unwrap_or_default()
+                .to_owned();
+            CannedResponse::json(
+                401,
+                &json!({"error": format!("bad key {echoed}")}).to_string(),
+            )
+        })
+        .await;
+        let mut spec = spec(server.url("/v1"));
+        spec.api_key_env = Some("OAJ_TEST_LLM_KEY_ECHOED".to_owned());
+        let agent = LlmAgent::new(spec, Client::new());
+
+        let error = agent
+            .call(call_with(json!({"prompt": "hi"})))
+            .await
+            .expect_err("401");
+
+        assert!(!error.is_retryable);
+        assert_eq!(error.log, r#"{"error":"bad key Bearer [redacted]"}"#);
     }
 
     #[tokio::test]
