@@ -161,6 +161,9 @@ impl CommandAgent {
 #[async_trait]
 impl Agent for CommandAgent {
     async fn call(&self, call: AgentCall) -> Result<AgentOutput, AgentError> {
+        if call.cancel.is_cancelled() {
+            return Err(AgentError::cancelled("command"));
+        }
         let working_dir = self.working_dir();
         let invocation = self.invocation(working_dir.as_deref())?;
         if let Some(dir) = &working_dir {
