@@ -409,7 +409,7 @@ fn outcome(run: ChildRun, program: &str) -> Result<AgentOutput, AgentError> {
 }
 
 fn exit_message(program: &str, status: ExitStatus, log: &str) -> String {
-    let how = match (status.code(), status.signal()) {
+    let termination = match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(signal)) => format!("was killed by signal {signal}"),
         (None, None) => format!("failed with {status}"),
@@ -421,10 +421,10 @@ fn exit_message(program: &str, status: ExitStatus, log: &str) -> String {
         .find(|line| !line.is_empty());
     match last_line {
         Some(line) => format!(
-            "command {program} {how}: {}",
+            "command {program} {termination}: {}",
             text_truncate(line, ERROR_LINE_MAX_BYTES)
         ),
-        None => format!("command {program} {how} and wrote nothing to stderr"),
+        None => format!("command {program} {termination} and wrote nothing to stderr"),
     }
 }
 
@@ -476,7 +476,7 @@ mod tests {
         let read = async {
             loop {
                 if let Ok(text) = std::fs::read_to_string(path) {
-                    return text.trim().parse().expect("the pid file holds a pid");
+                    return text.trim().parse().expect("the pid file contains a pid");
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -851,7 +851,7 @@ mod tests {
         let running = tokio::spawn(async move { agent.call(call_with(json!({}))).await });
         let grandchild = pid_file_read(&pid_path).await;
         running.abort();
-        let _ = running.await; // The task was aborted on purpose; its JoinError says only that.
+        let _ = running.await; // The task was aborted on purpose; its JoinError reports only that.
 
         assert!(
             wait_until_gone(grandchild).await,

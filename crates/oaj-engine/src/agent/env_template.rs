@@ -19,7 +19,7 @@ pub(crate) fn env_interpolate(template: &str, field: &str) -> Result<String, Age
     env_interpolate_with_values(template, field).map(|(text, _values)| text)
 }
 
-/// Works as [`env_interpolate`], and also returns the values read from the environment, so that
+/// Interpolates like [`env_interpolate`], and also returns the values read from the environment, so that
 /// callers can treat them as secrets.
 pub(crate) fn env_interpolate_with_values(
     template: &str,
