@@ -3,3 +3,14 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+mod attempt;
+mod config;
+mod engine;
+mod job_runner;
+mod limits;
+mod loaded_workflow;
+mod submit;
+
+pub use config::EngineConfig;
+pub use engine::Engine;
+pub use submit::{JobSubmit, SubmitError};

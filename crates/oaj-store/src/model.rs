@@ -420,6 +420,8 @@ pub struct ClaimParams {
     pub now: i64,
     /// Lease length in milliseconds.
     pub lease_ms: i64,
+    /// When not empty, claim only jobs with these ids (a process that runs one job of its own).
+    pub job_ids: Vec<String>,
 }
 
 /// A job taken by a worker, with everything needed to continue it.

@@ -1,0 +1,208 @@
+//! One attempt of one step run: wait for a slot, call the agent under its timeout and the job's
+//! cancel, decide on a retry, and record the outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oaj_core::{RetryDecision, RetryPolicy};
+use oaj_store::{AttemptFinish, AttemptStart, AttemptState, Lease, StepState, StoreError};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, instrument};
+
+use crate::agent::{Agent, AgentCall, AgentError, AgentOutput};
+use crate::engine::Shared;
+
+/// Everything an attempt needs, gathered by the job runner.
+pub(crate) struct AttemptPlan {
+    pub(crate) lease: Lease,
+    pub(crate) step_id: String,
+    pub(crate) item: Option<u32>,
+    pub(crate) number: u32,
+    pub(crate) input: Value,
+    pub(crate) agent_name: String,
+    pub(crate) capability: Option<String>,
+    pub(crate) agent: Arc<dyn Agent>,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) concurrency: Option<(String, u32)>,
+    /// Fires when the job is cancelled, times out, or its lease is lost.
+    pub(crate) job_cancel: CancellationToken,
+}
+
+/// How an attempt left its step run.
+#[derive(Debug)]
+pub(crate) enum AttemptOutcome {
+    Completed(Value),
+    Retrying { at: i64 },
+    Failed(String),
+    Cancelled,
+    /// The lease was lost: nothing more may be written for this job.
+    LeaseLost,
+    /// The store failed; the job runner stops and lets the lease expire.
+    StoreFailed(StoreError),
+}
+
+/// What the agent call came to, before the retry decision.
+enum CallResult {
+    Output(AgentOutput),
+    Error(AgentError),
+    TimedOut(Duration),
+    Cancelled,
+}
+
+#[instrument(skip_all, fields(job_id = %plan.lease.job_id, step_id = %plan.step_id, item = ?plan.item, attempt = plan.number))]
+pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> AttemptOutcome {
+    let key = plan.concurrency.as_ref().map(|(key, limit)| (key.as_str(), *limit));
+    let permits = tokio::select! {
+        permits = shared.limits.acquire(&plan.agent_name, key) => permits,
+        _ = plan.job_cancel.cancelled() => return AttemptOutcome::Cancelled,
+    };
+    let start = AttemptStart {
+        lease: plan.lease.clone(),
+        worker_id: shared.config.worker_id.clone(),
+        step_id: plan.step_id.clone(),
+        item: plan.item,
+        number: plan.number,
+        now: shared.clock.now_ms(),
+    };
+    let attempt_id = match shared.store.attempt_start(start).await {
+        Ok(id) => id,
+        Err(error) => return store_error(error),
+    };
+    debug!("attempt started");
+    let result = call_agent(&shared, &plan).await;
+    drop(permits);
+    let finish = attempt_finish(&shared, &plan, attempt_id, result);
+    let outcome = outcome_of(&finish);
+    match shared.store.attempt_finish(finish).await {
+        Ok(()) => outcome,
+        Err(error) => store_error(error),
+    }
+}
+
+fn store_error(error: StoreError) -> AttemptOutcome {
+    match error {
+        StoreError::LeaseLost { .. } => AttemptOutcome::LeaseLost,
+        other => AttemptOutcome::StoreFailed(other),
+    }
+}
+
+async fn call_agent(shared: &Shared, plan: &AttemptPlan) -> CallResult {
+    let cancel = plan.job_cancel.child_token();
+    let call = AgentCall {
+        input: plan.input.clone(),
+        capability: plan.capability.clone(),
+        idempotency_key: idempotency_key(plan),
+        job_id: plan.lease.job_id.clone(),
+        step_id: plan.step_id.clone(),
+        attempt: plan.number,
+        cancel: cancel.clone(),
+    };
+    let agent = plan.agent.clone();
+    let call_future = agent.call(call);
+    tokio::pin!(call_future);
+    let timeout = plan.timeout.unwrap_or(Duration::MAX);
+    let stopped_by_timeout = tokio::select! {
+        result = &mut call_future => return call_result(result),
+        _ = sleep_for(timeout) => true,
+        _ = plan.job_cancel.cancelled() => false,
+    };
+    // Ask the agent to stop, then give it the grace period to kill its processes and return.
+    cancel.cancel();
+    if tokio::time::timeout(shared.config.cancel_grace, &mut call_future).await.is_err() {
+        debug!("agent did not stop within the grace period; abandoning the call");
+    }
+    if stopped_by_timeout {
+        CallResult::TimedOut(timeout)
+    } else {
+        CallResult::Cancelled
+    }
+}
+
+async fn sleep_for(duration: Duration) {
+    match tokio::time::Instant::now().checked_add(duration) {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn call_result(result: Result<AgentOutput, AgentError>) -> CallResult {
+    match result {
+        Ok(output) => CallResult::Output(output),
+        Err(error) => CallResult::Error(error),
+    }
+}
+
+fn idempotency_key(plan: &AttemptPlan) -> String {
+    let item = plan.item.map_or_else(|| "-".to_owned(), |item| item.to_string());
+    format!("{}/{}/{}/{}", plan.lease.job_id, plan.step_id, item, plan.number)
+}
+
+fn attempt_finish(shared: &Shared, plan: &AttemptPlan, attempt_id: i64, result: CallResult) -> AttemptFinish {
+    let now = shared.clock.now_ms();
+    let mut finish = AttemptFinish {
+        lease: plan.lease.clone(),
+        attempt_id,
+        step_id: plan.step_id.clone(),
+        item: plan.item,
+        state: AttemptState::Succeeded,
+        step_state: StepState::Completed,
+        output: None,
+        error: None,
+        next_attempt_at: None,
+        log: String::new(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        now,
+    };
+    let (error, retryable, retry_after) = match result {
+        CallResult::Output(output) => {
+            finish.log = output.log;
+            if let Some(usage) = output.usage {
+                finish.prompt_tokens = i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX);
+                finish.completion_tokens = i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX);
+            }
+            finish.output = Some(output.output);
+            return finish;
+        }
+        CallResult::Cancelled => {
+            finish.state = AttemptState::Cancelled;
+            finish.step_state = StepState::Cancelled;
+            finish.error = Some("attempt cancelled".to_owned());
+            return finish;
+        }
+        CallResult::TimedOut(limit) => {
+            finish.state = AttemptState::TimedOut;
+            (format!("attempt timed out after {:.3} s", limit.as_secs_f64()), true, None)
+        }
+        CallResult::Error(error) => {
+            finish.state = AttemptState::Failed;
+            finish.log = error.log;
+            if let Some(usage) = error.usage {
+                finish.prompt_tokens = i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX);
+                finish.completion_tokens = i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX);
+            }
+            (error.message, error.is_retryable, error.retry_after)
+        }
+    };
+    let random: f64 = rand::random();
+    match plan.policy.decide(plan.number, retryable, retry_after, random) {
+        RetryDecision::RetryAfter(delay) => {
+            finish.step_state = StepState::Retrying;
+            finish.next_attempt_at = Some(now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)));
+        }
+        RetryDecision::GiveUp => finish.step_state = StepState::Failed,
+    }
+    finish.error = Some(error);
+    finish
+}
+
+fn outcome_of(finish: &AttemptFinish) -> AttemptOutcome {
+    match finish.step_state {
+        StepState::Completed => AttemptOutcome::Completed(finish.output.clone().unwrap_or(Value::Null)),
+        StepState::Retrying => AttemptOutcome::Retrying { at: finish.next_attempt_at.unwrap_or(finish.now) },
+        StepState::Cancelled => AttemptOutcome::Cancelled,
+        _ => AttemptOutcome::Failed(finish.error.clone().unwrap_or_default()),
+    }
+}

@@ -1,0 +1,343 @@
+//! The engine: claims jobs while it has room, runs each in its own task, renews their leases,
+//! and runs store maintenance.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oaj_core::{Clock, JobState};
+use oaj_store::{
+    ClaimParams, ClaimedJob, JobFinish, JobOutcome, Lease, LeaseExtend, LeaseStatus, MaintenanceParams, Store,
+    StoreError,
+};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::agent::{AgentRegistry, EchoAgent};
+use crate::config::EngineConfig;
+use crate::job_runner::{JobRunner, Signal};
+use crate::limits::Limits;
+use crate::loaded_workflow::LoadedWorkflow;
+
+/// Most jobs taken by one claim, so that one claim transaction stays short.
+const CLAIM_BATCH_MAX: usize = 512;
+
+/// Runs jobs from a store. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// State shared by the engine's loops, its job runners and their attempts.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) registry: AgentRegistry,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: EngineConfig,
+    pub(crate) limits: Limits,
+    pub(crate) http: reqwest::Client,
+    workflows: Mutex<HashMap<(String, String), Arc<LoadedWorkflow>>>,
+    held: Mutex<HashMap<String, Held>>,
+}
+
+/// A job this engine holds: its lease and the channel that tells its runner what to do.
+struct Held {
+    lease: Lease,
+    signal: watch::Sender<Signal>,
+}
+
+impl Engine {
+    /// Creates an engine over `store` that runs agents from `registry` and the workflows' own.
+    pub fn new(store: Arc<dyn Store>, mut registry: AgentRegistry, clock: Arc<dyn Clock>, config: EngineConfig) -> Engine {
+        // `transform` computes its outputs in its inputs' `${ ... }` expressions, which the engine
+        // resolves before the call, so the agent only hands them back.
+        if registry.get("transform").is_none() {
+            registry.register("transform", Arc::new(EchoAgent));
+        }
+        let limits = Limits::new(config.attempts_max, &config.agent_limits);
+        let shared = Shared {
+            store,
+            registry,
+            clock,
+            config,
+            limits,
+            http: reqwest::Client::new(),
+            workflows: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+        };
+        Engine { shared: Arc::new(shared) }
+    }
+
+    /// Returns the store this engine works on.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// Returns the agents registered with this engine.
+    pub fn registry(&self) -> &AgentRegistry {
+        &self.shared.registry
+    }
+
+    /// Returns the engine's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
+    }
+
+    /// Claims and runs jobs until `shutdown` fires (or, with `exit_when_idle`, until no work is
+    /// left). At shutdown it stops claiming, lets running attempts finish within the shutdown
+    /// grace period, and hands unfinished jobs back to the queue.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let stop_loops = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat_loop(self.shared.clone(), stop_loops.clone()));
+        let maintenance = tokio::spawn(maintenance_loop(self.shared.clone(), stop_loops.clone()));
+        let mut runners = JoinSet::new();
+        self.claim_loop(&shutdown, &mut runners).await;
+
+        self.shared.signal_all(Signal::Shutdown);
+        while runners.join_next().await.is_some() {}
+        stop_loops.cancel();
+        // The loops end at the next tick; a panic in one of them was already reported.
+        let _ = heartbeat.await;
+        let _ = maintenance.await;
+        debug!("engine stopped");
+    }
+
+    async fn claim_loop(&self, shutdown: &CancellationToken, runners: &mut JoinSet<()>) {
+        let notify = self.shared.store.work_notify();
+        let mut error_backoff = Duration::from_millis(50);
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            while runners.try_join_next().is_some() {}
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let free = self.shared.config.jobs_max.saturating_sub(runners.len());
+            let claimed = if free > 0 {
+                match self.claim(free.min(CLAIM_BATCH_MAX)).await {
+                    Ok(claimed) => {
+                        error_backoff = Duration::from_millis(50);
+                        claimed
+                    }
+                    Err(error) => {
+                        warn!(error = %error, "claim failed; retrying");
+                        tokio::time::sleep(error_backoff).await;
+                        error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let claimed_count = claimed.len();
+            for job in claimed {
+                self.start_job(job, runners);
+            }
+            if claimed_count > 0 && claimed_count == free.min(CLAIM_BATCH_MAX) {
+                continue;
+            }
+            if self.shared.config.exit_when_idle && runners.is_empty() && self.is_store_idle().await {
+                return;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                Some(_) = runners.join_next(), if !runners.is_empty() => {}
+                _ = tokio::time::sleep(self.shared.config.poll) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
+        let params = ClaimParams {
+            worker_id: self.shared.config.worker_id.clone(),
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            now: self.shared.clock.now_ms(),
+            lease_ms: duration_ms(self.shared.config.lease),
+            job_ids: self.shared.config.only_jobs.clone().unwrap_or_default(),
+        };
+        self.shared.store.job_claim(params).await
+    }
+
+    /// Reports whether the store has nothing queued and nothing running (a running job of a dead
+    /// worker counts until maintenance rescues it).
+    async fn is_store_idle(&self) -> bool {
+        match self.shared.store.job_counts().await {
+            Ok(counts) => {
+                let count = |state| counts.get(&state).copied().unwrap_or(0);
+                count(JobState::Queued) == 0 && count(JobState::Running) == 0
+            }
+            Err(error) => {
+                warn!(error = %error, "reading job counts failed");
+                false
+            }
+        }
+    }
+
+    fn start_job(&self, claimed: ClaimedJob, runners: &mut JoinSet<()>) {
+        let shared = self.shared.clone();
+        let loaded = match shared.workflow_load(&claimed) {
+            Ok(loaded) => loaded,
+            Err(message) => {
+                runners.spawn(fail_unloadable(shared, claimed.lease, message));
+                return;
+            }
+        };
+        let (sender, receiver) = watch::channel(Signal::Run);
+        let job_id = claimed.job.id.clone();
+        shared.held_insert(job_id.clone(), Held { lease: claimed.lease.clone(), signal: sender });
+        let runner = JobRunner::new(shared.clone(), claimed, loaded, receiver);
+        runners.spawn(async move {
+            runner.run().await;
+            shared.held_remove(&job_id);
+        });
+    }
+}
+
+async fn fail_unloadable(shared: Arc<Shared>, lease: Lease, message: String) {
+    warn!(job_id = %lease.job_id, error = %message, "job's workflow could not be loaded");
+    let finish = JobFinish { lease, outcome: JobOutcome::Failed(message), now: shared.clock.now_ms() };
+    if let Err(error) = shared.store.job_finish(finish).await {
+        warn!(error = %error, "failed to record the failure of a job whose workflow could not be loaded");
+    }
+}
+
+impl Shared {
+    fn workflow_load(&self, claimed: &ClaimedJob) -> Result<Arc<LoadedWorkflow>, String> {
+        let key = (claimed.workflow.id.clone(), claimed.workflow.version.clone());
+        if let Some(loaded) = self.workflows.lock().expect("workflow cache lock").get(&key) {
+            return Ok(loaded.clone());
+        }
+        let loaded = Arc::new(LoadedWorkflow::load(&claimed.workflow.document, &self.registry, &self.http)?);
+        self.workflows.lock().expect("workflow cache lock").insert(key, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn held_insert(&self, job_id: String, held: Held) {
+        self.held.lock().expect("held jobs lock").insert(job_id, held);
+    }
+
+    fn held_remove(&self, job_id: &str) {
+        self.held.lock().expect("held jobs lock").remove(job_id);
+    }
+
+    fn held_leases(&self) -> Vec<Lease> {
+        self.held.lock().expect("held jobs lock").values().map(|held| held.lease.clone()).collect()
+    }
+
+    fn signal_all(&self, signal: Signal) {
+        for held in self.held.lock().expect("held jobs lock").values() {
+            raise(&held.signal, signal);
+        }
+    }
+
+    fn signal_job(&self, job_id: &str, signal: Signal) {
+        if let Some(held) = self.held.lock().expect("held jobs lock").get(job_id) {
+            raise(&held.signal, signal);
+        }
+    }
+}
+
+/// Sets a job's signal unless it already carries a stronger one (lost beats cancel, which beats
+/// shutdown and pause).
+fn raise(sender: &watch::Sender<Signal>, signal: Signal) {
+    let rank = |signal: Signal| match signal {
+        Signal::Run => 0,
+        Signal::Pause => 1,
+        Signal::Shutdown => 2,
+        Signal::Cancel => 3,
+        Signal::Lost => 4,
+    };
+    sender.send_if_modified(|current| {
+        if rank(signal) > rank(*current) {
+            *current = signal;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(shared.config.heartbeat);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let leases = shared.held_leases();
+        if leases.is_empty() {
+            continue;
+        }
+        let params = LeaseExtend {
+            worker_id: shared.config.worker_id.clone(),
+            leases,
+            now: shared.clock.now_ms(),
+            lease_ms: duration_ms(shared.config.lease),
+        };
+        match shared.store.lease_extend(params).await {
+            Ok(statuses) => apply_lease_statuses(&shared, statuses),
+            Err(error) => warn!(error = %error, "lease renewal failed; retrying at the next heartbeat"),
+        }
+    }
+}
+
+fn apply_lease_statuses(shared: &Shared, statuses: Vec<LeaseStatus>) {
+    for status in statuses {
+        match status {
+            LeaseStatus::Held { job_id, control: Some(control) } => {
+                let signal = match control {
+                    oaj_store::Control::Cancel => Signal::Cancel,
+                    oaj_store::Control::Pause => Signal::Pause,
+                };
+                shared.signal_job(&job_id, signal);
+            }
+            LeaseStatus::Held { .. } => {}
+            LeaseStatus::Lost { job_id } => {
+                info!(job_id = %job_id, "lease lost");
+                shared.signal_job(&job_id, Signal::Lost);
+            }
+        }
+    }
+}
+
+async fn maintenance_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let notify: Arc<Notify> = shared.store.work_notify();
+    let mut interval = tokio::time::interval(shared.config.maintenance);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let params = MaintenanceParams {
+            now: shared.clock.now_ms(),
+            interruptions_max: shared.config.interruptions_max,
+            retention_ms: shared.config.retention.map(duration_ms),
+            batch_size: 1000,
+        };
+        match shared.store.maintenance(params).await {
+            Ok(report) => {
+                if report.rescued > 0 || report.rescue_failed > 0 {
+                    info!(rescued = report.rescued, failed = report.rescue_failed, "rescued jobs with expired leases");
+                }
+                if report.deleted > 0 {
+                    info!(deleted = report.deleted, "deleted finished jobs past retention");
+                }
+                if report.rescued > 0 || report.promoted > 0 {
+                    notify.notify_waiters();
+                }
+            }
+            Err(error) => warn!(error = %error, "maintenance pass failed; retrying at the next tick"),
+        }
+    }
+}
+
+/// Converts a duration to whole milliseconds, saturating.
+pub(crate) fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

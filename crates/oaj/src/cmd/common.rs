@@ -1,0 +1,115 @@
+//! Options and helpers shared by the commands that open a database.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use oaj_core::SystemClock;
+use oaj_engine::agent::AgentRegistry;
+use oaj_engine::{Engine, EngineConfig};
+use oaj_store::sqlite::SqliteStore;
+use oaj_store::Store;
+
+/// Where the embedded database lives.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// SQLite database file; created if missing. Default: $XDG_DATA_HOME/oaj/oaj.db, or
+    /// ~/.local/share/oaj/oaj.db.
+    #[arg(long, env = "OAJ_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+impl DbArgs {
+    /// Returns the database path: the flag, the environment, or the default location.
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.db {
+            return Ok(path.clone());
+        }
+        let data_home = match std::env::var_os("XDG_DATA_HOME").filter(|value| !value.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                let home = std::env::var_os("HOME").context("neither --db, OAJ_DB, XDG_DATA_HOME nor HOME is set: pass --db PATH")?;
+                PathBuf::from(home).join(".local/share")
+            }
+        };
+        let dir = data_home.join("oaj");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the data folder {}: pass --db PATH", dir.display()))?;
+        Ok(dir.join("oaj.db"))
+    }
+
+    /// Opens the store at [`DbArgs::path`].
+    pub fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        let path = self.path()?;
+        let store = SqliteStore::open(&path)?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// Settings of the workers a command runs.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Most attempts running at once (the global concurrency limit).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Most jobs held at once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub jobs_max: u32,
+    /// Lease length in seconds: a job whose worker dies is run again this long after its last
+    /// heartbeat.
+    #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
+    pub lease_seconds: f64,
+    /// Limit for one agent, as NAME=N; repeat for several agents.
+    #[arg(long = "agent-limit", value_name = "NAME=N", value_parser = agent_limit)]
+    pub agent_limits: Vec<(String, usize)>,
+}
+
+impl WorkerArgs {
+    /// Builds the engine settings these flags describe.
+    pub fn config(&self) -> EngineConfig {
+        let lease = Duration::from_secs_f64(self.lease_seconds);
+        EngineConfig {
+            attempts_max: self.concurrency as usize,
+            jobs_max: self.jobs_max as usize,
+            lease,
+            // Renew often enough that two missed heartbeats still leave the lease alive.
+            heartbeat: (lease / 4).min(Duration::from_millis(500)),
+            agent_limits: self.agent_limits.iter().cloned().collect(),
+            ..EngineConfig::default()
+        }
+    }
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|_| format!("invalid number of seconds {text:?}"))?;
+    if value.is_finite() && value >= 0.1 && value <= 86_400.0 {
+        Ok(value)
+    } else {
+        Err(format!("{text} is out of range: expected seconds between 0.1 and 86400"))
+    }
+}
+
+fn agent_limit(text: &str) -> Result<(String, usize), String> {
+    let (name, limit) = text.split_once('=').ok_or_else(|| format!("invalid agent limit {text:?}: expected NAME=N, such as classify=4"))?;
+    let limit: usize = limit.parse().map_err(|_| format!("invalid agent limit {text:?}: N must be a whole number"))?;
+    if name.is_empty() || limit == 0 {
+        return Err(format!("invalid agent limit {text:?}: expected a name and a limit of at least 1"));
+    }
+    Ok((name.to_owned(), limit))
+}
+
+/// Builds an engine over `store` with the built-in agents.
+pub fn engine(store: Arc<dyn Store>, config: EngineConfig) -> Engine {
+    Engine::new(store, AgentRegistry::with_builtins(), Arc::new(SystemClock), config)
+}
+
+/// Parses a `--input` value: JSON text, or `@FILE` for a file's contents.
+pub fn input_value(text: Option<&str>) -> anyhow::Result<serde_json::Value> {
+    let Some(text) = text else { return Ok(serde_json::Value::Object(Default::default())) };
+    let (source, content) = match text.strip_prefix('@') {
+        Some(path) => (path.to_owned(), std::fs::read_to_string(path).with_context(|| format!("cannot read input file {path}"))?),
+        None => ("--input".to_owned(), text.to_owned()),
+    };
+    serde_json::from_str(&content).with_context(|| format!("invalid JSON in {source}: pass a JSON object such as '{{\"name\": \"value\"}}'"))
+}

@@ -1,0 +1,208 @@
+//! `oaj jobs`: inspect and act on the jobs of a database.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use oaj_core::{Clock, JobState, SystemClock};
+use oaj_store::{ApprovalDecide, ApprovalDecision, EventFilter, Job, JobAction, JobFilter, Store};
+use serde_json::json;
+
+use super::common::DbArgs;
+use super::exit;
+
+/// Arguments of `oaj jobs`.
+#[derive(Debug, Args)]
+pub struct JobsCommand {
+    #[command(subcommand)]
+    pub action: JobsAction,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Print JSON for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// What to do with jobs.
+#[derive(Debug, Subcommand)]
+pub enum JobsAction {
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state; repeat for several.
+        #[arg(long)]
+        state: Vec<JobState>,
+        /// Only jobs of this workflow id.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Most jobs listed.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Only jobs older than this job id (the last id of the previous page).
+        #[arg(long)]
+        before: Option<String>,
+    },
+    /// Show a job with its step runs and attempts.
+    Show {
+        /// Job id.
+        id: String,
+    },
+    /// Print a job's events in order.
+    Events {
+        /// Job id.
+        id: String,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+    /// Cancel a job; running attempts are stopped.
+    Cancel {
+        /// Job id.
+        id: String,
+    },
+    /// Pause a job: running attempts finish, nothing new starts.
+    Pause {
+        /// Job id.
+        id: String,
+    },
+    /// Resume a paused job from its saved step results.
+    Resume {
+        /// Job id.
+        id: String,
+    },
+    /// Run a failed or cancelled job again from its failed steps.
+    Retry {
+        /// Job id.
+        id: String,
+    },
+    /// Approve the approval step a job waits on.
+    Approve(Decision),
+    /// Reject the approval step a job waits on; the step fails.
+    Reject(Decision),
+    /// Delete a finished job with its history.
+    Delete {
+        /// Job id.
+        id: String,
+    },
+}
+
+/// An approval decision.
+#[derive(Debug, Args)]
+pub struct Decision {
+    /// Job id.
+    pub id: String,
+    /// Approval step id; needed only when several steps wait.
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Who decides, recorded with the decision.
+    #[arg(long)]
+    pub by: Option<String>,
+    /// Reason, recorded with the decision.
+    #[arg(long)]
+    pub comment: Option<String>,
+}
+
+/// Runs `oaj jobs ...`.
+pub async fn run(args: JobsCommand) -> anyhow::Result<ExitCode> {
+    let store = args.db.open()?;
+    let now = SystemClock.now_ms();
+    match args.action {
+        JobsAction::List { state, workflow, limit, before } => {
+            let filter = JobFilter { states: state, workflow_id: workflow, before_id: before, limit, ..JobFilter::default() };
+            let jobs = store.job_list(filter).await?;
+            print_jobs(&jobs, args.json)?;
+        }
+        JobsAction::Show { id } => show(store.as_ref(), &id, args.json).await?,
+        JobsAction::Events { id, after } => {
+            found(store.as_ref(), &id).await?;
+            let events = store.event_list(EventFilter { job_id: Some(id), after_seq: after, limit: 100_000 }).await?;
+            for event in events {
+                if args.json {
+                    println!("{}", serde_json::to_string(&event)?);
+                } else {
+                    let data = if event.data.as_object().is_some_and(|map| map.is_empty()) { String::new() } else { event.data.to_string() };
+                    let step = event.step_id.map_or(String::new(), |step| format!(" {step}"));
+                    let item = event.item.map_or(String::new(), |item| format!("[{item}]"));
+                    println!("{:>6} {} {}{step}{item} {data}", event.seq, event.at, event.kind);
+                }
+            }
+        }
+        JobsAction::Cancel { id } => act(store.as_ref(), &id, JobAction::Cancel, now, args.json).await?,
+        JobsAction::Pause { id } => act(store.as_ref(), &id, JobAction::Pause, now, args.json).await?,
+        JobsAction::Resume { id } => act(store.as_ref(), &id, JobAction::Resume, now, args.json).await?,
+        JobsAction::Retry { id } => act(store.as_ref(), &id, JobAction::Retry, now, args.json).await?,
+        JobsAction::Approve(decision) => decide(store.as_ref(), decision, true, now).await?,
+        JobsAction::Reject(decision) => decide(store.as_ref(), decision, false, now).await?,
+        JobsAction::Delete { id } => {
+            store.job_delete(&id).await?;
+            println!("deleted job {id}");
+        }
+    }
+    Ok(ExitCode::from(exit::COMPLETED))
+}
+
+async fn found(store: &dyn Store, id: &str) -> anyhow::Result<Job> {
+    store.job_get(id).await?.with_context(|| format!("job {id} not found: list jobs with `oaj jobs list`"))
+}
+
+async fn act(store: &dyn Store, id: &str, action: JobAction, now: i64, json: bool) -> anyhow::Result<()> {
+    let job = store.job_action(id, action, now).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+    } else if job.control.is_some() {
+        println!("job {id} is running: {:?} requested from its worker", action);
+    } else {
+        println!("job {id} is now {}", job.state);
+    }
+    Ok(())
+}
+
+async fn decide(store: &dyn Store, decision: Decision, approved: bool, now: i64) -> anyhow::Result<()> {
+    let decide = ApprovalDecide {
+        job_id: decision.id.clone(),
+        step_id: decision.step,
+        decision: ApprovalDecision { approved, by: decision.by, comment: decision.comment, at: now },
+    };
+    store.approval_decide(decide).await?;
+    println!("job {}: {}", decision.id, if approved { "approved" } else { "rejected" });
+    Ok(())
+}
+
+async fn show(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<()> {
+    let job = found(store, id).await?;
+    let steps = store.step_run_list(id).await?;
+    let attempts = store.attempt_list(id).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&json!({ "job": job, "steps": steps, "attempts": attempts }))?);
+        return Ok(());
+    }
+    println!("job       {}", job.id);
+    println!("workflow  {} {}", job.workflow_id, job.workflow_version);
+    println!("state     {}", job.state);
+    println!("priority  {}", job.priority);
+    if let Some(error) = &job.error {
+        println!("error     {error}");
+    }
+    if job.prompt_tokens + job.completion_tokens > 0 {
+        println!("tokens    {} prompt, {} completion", job.prompt_tokens, job.completion_tokens);
+    }
+    println!("steps:");
+    for step in &steps {
+        let item = step.item.map_or(String::new(), |item| format!("[{item}]"));
+        let error = step.error.as_deref().map_or(String::new(), |error| format!("  {error}"));
+        println!("  {}{item:<6} {:<10} attempts {}{error}", step.step_id, step.state, step.attempts);
+    }
+    println!("attempts: {}", attempts.len());
+    Ok(())
+}
+
+fn print_jobs(jobs: &[Job], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(jobs)?);
+        return Ok(());
+    }
+    println!("{:<36}  {:<10}  {:<8}  workflow", "id", "state", "priority");
+    for job in jobs {
+        println!("{:<36}  {:<10}  {:<8}  {} {}", job.id, job.state, job.priority, job.workflow_id, job.workflow_version);
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! `oaj run`: run one workflow to its end in the embedded store, with live progress.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use oaj_core::{JobState, Priority};
+use oaj_engine::{Engine, JobSubmit, SubmitError};
+use oaj_store::Job;
+use tokio_util::sync::CancellationToken;
+
+use super::common::{self, DbArgs, WorkerArgs};
+use super::exit;
+use super::progress::Progress;
+
+/// Arguments of `oaj run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Workflow document (JSON).
+    pub workflow: PathBuf,
+    /// Job input: JSON text, or @FILE to read it from a file.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub input: Option<String>,
+    /// Job priority: low, medium, high or critical.
+    #[arg(long)]
+    pub priority: Option<Priority>,
+    /// What Ctrl-C does when standard input is not a terminal: cancel the job, or leave it queued
+    /// for `oaj worker`. On a terminal, oaj asks.
+    #[arg(long, value_enum, default_value_t = OnInterrupt::Cancel)]
+    pub on_interrupt: OnInterrupt,
+    /// Print the whole job record as JSON on stdout instead of only its output.
+    #[arg(long)]
+    pub json: bool,
+    /// Print no progress on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// What Ctrl-C does to the job of `oaj run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnInterrupt {
+    /// Cancel the job: running attempts are stopped.
+    Cancel,
+    /// Stop this process and leave the job queued; `oaj worker` finishes it later.
+    Leave,
+}
+
+/// Runs `oaj run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let text = match std::fs::read_to_string(&args.workflow) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("error: cannot read workflow {}: {error}", args.workflow.display());
+            return Ok(ExitCode::from(exit::USAGE));
+        }
+    };
+    let input = match common::input_value(args.input.as_deref()) {
+        Ok(input) => input,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Ok(ExitCode::from(exit::INVALID));
+        }
+    };
+    let store = args.db.open()?;
+    let mut config = args.worker.config();
+    let engine = common::engine(store.clone(), config.clone());
+    let job_id = match submit(&engine, &text, input, args.priority).await? {
+        Ok(job_id) => job_id,
+        Err(code) => return Ok(code),
+    };
+    config.only_jobs = Some(vec![job_id.clone()]);
+    let engine = common::engine(store, config);
+    drive(&engine, &job_id, &args).await
+}
+
+/// Registers the workflow and submits the job; an invalid document or input is reported and
+/// becomes the exit code.
+async fn submit(
+    engine: &Engine,
+    text: &str,
+    input: serde_json::Value,
+    priority: Option<Priority>,
+) -> anyhow::Result<Result<String, ExitCode>> {
+    let (workflow, _) = match engine.workflow_register(text).await {
+        Ok(registered) => registered,
+        Err(SubmitError::WorkflowInvalid(report)) => {
+            eprintln!("error: invalid workflow\n{report}");
+            return Ok(Err(ExitCode::from(exit::INVALID)));
+        }
+        Err(error) => return Err(error).context("cannot store the workflow"),
+    };
+    let submit = JobSubmit {
+        workflow_id: workflow.id.clone(),
+        workflow_version: Some(workflow.version.clone()),
+        input,
+        priority,
+        ..JobSubmit::default()
+    };
+    match engine.job_submit(submit).await {
+        Ok(job_id) => Ok(Ok(job_id)),
+        Err(SubmitError::InputInvalid(report)) => {
+            eprintln!("error: invalid input for workflow {}\n{report}", workflow.id);
+            Ok(Err(ExitCode::from(exit::INVALID)))
+        }
+        Err(error) => Err(error).context("cannot submit the job"),
+    }
+}
+
+async fn drive(engine: &Engine, job_id: &str, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn({
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        async move { engine.run(shutdown).await }
+    });
+    let mut progress = Progress::new(job_id, !args.quiet, std::io::stderr().is_terminal());
+    let mut events = engine.store().event_subscribe();
+    let mut poll = tokio::time::interval(Duration::from_millis(250));
+    let job = loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => progress.event(&event),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+            },
+            _ = poll.tick() => {
+                progress.tick();
+                let job = engine.store().job_get(job_id).await?.context("the job disappeared from the store")?;
+                if job.state.is_final() || job.state == JobState::Paused {
+                    break job;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                if interrupt(engine, job_id, args.on_interrupt, &shutdown).await? {
+                    break engine.store().job_get(job_id).await?.context("the job disappeared from the store")?;
+                }
+            }
+        }
+    };
+    shutdown.cancel();
+    worker.await.context("the worker task failed")?;
+    progress.finish();
+    report(engine, job, args.json).await
+}
+
+/// Acts on Ctrl-C; returns whether `oaj run` should stop waiting.
+async fn interrupt(
+    engine: &Engine,
+    job_id: &str,
+    default: OnInterrupt,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let choice = if std::io::stdin().is_terminal() { ask_interrupt()? } else { default };
+    match choice {
+        OnInterrupt::Cancel => {
+            eprintln!("cancelling job {job_id}");
+            let now = engine.clock().now_ms();
+            engine.store().job_action(job_id, oaj_store::JobAction::Cancel, now).await?;
+            Ok(false)
+        }
+        OnInterrupt::Leave => {
+            eprintln!("leaving job {job_id} for a worker; running attempts finish first");
+            shutdown.cancel();
+            Ok(true)
+        }
+    }
+}
+
+fn ask_interrupt() -> anyhow::Result<OnInterrupt> {
+    eprint!("\ninterrupted: [c]ancel the job, or [l]eave it for `oaj worker`? [c/l] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(if answer.trim().eq_ignore_ascii_case("l") { OnInterrupt::Leave } else { OnInterrupt::Cancel })
+}
+
+async fn report(engine: &Engine, job: Job, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+    }
+    let code = match job.state {
+        JobState::Completed => {
+            if !json {
+                println!("{}", serde_json::to_string_pretty(&job.result.unwrap_or_default())?);
+            }
+            exit::COMPLETED
+        }
+        JobState::Failed => {
+            eprintln!("job {} failed: {}", job.id, job.error.as_deref().unwrap_or("no reason recorded"));
+            exit::FAILED
+        }
+        JobState::Cancelled => {
+            eprintln!("job {} was cancelled", job.id);
+            exit::CANCELLED
+        }
+        JobState::Paused => {
+            eprintln!("job {} is paused: resume it with `oaj jobs resume {}`", job.id, job.id);
+            exit::NOT_FINISHED
+        }
+        _ => {
+            eprintln!("job {} is {} and left for a worker: run `oaj worker` to finish it", job.id, job.state);
+            exit::NOT_FINISHED
+        }
+    };
+    let _ = engine;
+    Ok(ExitCode::from(code))
+}
