@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod expression;
 pub mod job_state;
 pub mod priority;
 pub mod retry_policy;
