@@ -175,6 +175,32 @@ impl CompiledExpression {
         }
     }
 
+    /// Returns the variable path when the expression is a plain dotted path.
+    pub(crate) fn path(&self) -> Option<&[String]> {
+        match &self.body {
+            Body::Path(path) => Some(path),
+            Body::Cel { .. } => None,
+        }
+    }
+
+    /// Names the kind of value the expression yields when it is a literal other than a list,
+    /// such as `a string` for `'abc'`.
+    pub(crate) fn literal_kind(&self) -> Option<&'static str> {
+        use cel::common::ast::{Expr, LiteralValue};
+        let Body::Cel { program, .. } = &self.body else {
+            return None;
+        };
+        match &program.expression().expr {
+            Expr::Literal(LiteralValue::String(_)) => Some("a string"),
+            Expr::Literal(LiteralValue::Bytes(_)) => Some("bytes"),
+            Expr::Literal(LiteralValue::Boolean(_)) => Some("a boolean"),
+            Expr::Literal(LiteralValue::Null) => Some("null"),
+            Expr::Literal(_) => Some("a number"),
+            Expr::Map(_) => Some("a map"),
+            _ => None,
+        }
+    }
+
     fn path_lookup<'a>(
         &self,
         path: &[String],
@@ -183,29 +209,10 @@ impl CompiledExpression {
         let (first, rest) = path
             .split_first()
             .expect("a parsed path has at least one part");
-        let mut current = bindings
+        let root = bindings
             .get(first)
             .ok_or_else(|| self.variable_unknown(first, bindings))?;
-        for (depth, key) in rest.iter().enumerate() {
-            let parent = path[..=depth].join(".");
-            current = match current {
-                Value::Object(object) => object.get(key).ok_or_else(|| {
-                    let expression = self.source.clone();
-                    ExpressionError::KeyMissing {
-                        expression,
-                        key: key.clone(),
-                        parent,
-                    }
-                })?,
-                other => {
-                    return Err(self.failure(format!(
-                        "`{parent}` is {}, not an object, so it has no key `{key}`",
-                        json_kind(other)
-                    )))
-                }
-            };
-        }
-        Ok(current)
+        path_walk(&self.source, root, path, rest)
     }
 
     fn cel_eval(
@@ -243,6 +250,38 @@ impl CompiledExpression {
             message,
         }
     }
+}
+
+/// Walks `rest` down from `root`, the value of `path[0]`; `source` names the expression in errors.
+pub(crate) fn path_walk<'a>(
+    source: &str,
+    root: &'a Value,
+    path: &[String],
+    rest: &[String],
+) -> Result<&'a Value, ExpressionError> {
+    let mut current = root;
+    for (depth, key) in rest.iter().enumerate() {
+        let parent = path[..=depth].join(".");
+        current = match current {
+            Value::Object(object) => {
+                object.get(key).ok_or_else(|| ExpressionError::KeyMissing {
+                    expression: source.to_owned(),
+                    key: key.clone(),
+                    parent,
+                })?
+            }
+            other => {
+                return Err(ExpressionError::EvaluationFailed {
+                    expression: source.to_owned(),
+                    message: format!(
+                        "`{parent}` is {}, not an object, so it has no key `{key}`",
+                        json_kind(other)
+                    ),
+                })
+            }
+        };
+    }
+    Ok(current)
 }
 
 /// Evaluates a bare CEL expression, or one wrapped in `${ }`, against `scope`.
@@ -365,6 +404,11 @@ pub(crate) fn legacy_step_path(segments: &[&str]) -> String {
         canonical.push_str(segment);
     }
     canonical
+}
+
+/// Splits a plain dotted path into owned identifiers; see [`template::path_segments`].
+pub(crate) fn path_segments_owned(source: &str) -> Option<Vec<String>> {
+    path_segments(source).map(|segments| segments.into_iter().map(str::to_owned).collect())
 }
 
 /// Strips a `${ }` wrapper around the whole of `expression`, if there is one.
