@@ -32,6 +32,19 @@ pub enum StoreError {
         /// Version.
         version: String,
     },
+    /// A workflow version is not a semantic version (such as `1.2.0`), so versions cannot be
+    /// ordered.
+    #[error(
+        "workflow {id} version {version:?} is not a semantic version such as 1.2.0: {message}"
+    )]
+    WorkflowVersionInvalid {
+        /// Workflow id.
+        id: String,
+        /// The version given.
+        version: String,
+        /// Why it does not parse.
+        message: String,
+    },
     /// A job with this idempotency key exists and was created by a different request.
     #[error("idempotency key {key:?} was already used by job {job_id} with a different request")]
     IdempotencyKeyReused {
@@ -60,6 +73,23 @@ pub enum StoreError {
         job_id: String,
         /// The step.
         step_id: String,
+    },
+    /// No running attempt of the job has this id, so it cannot be finished (it ended already, or
+    /// the id belongs to another job).
+    #[error("attempt {attempt_id} of job {job_id} is not running")]
+    AttemptNotRunning {
+        /// The job.
+        job_id: String,
+        /// The attempt id given.
+        attempt_id: i64,
+    },
+    /// No step was named, and more than one step of the job waits for approval.
+    #[error("job {job_id} has several steps waiting for approval ({}): name one", step_ids.join(", "))]
+    ApprovalStepAmbiguous {
+        /// The job.
+        job_id: String,
+        /// The steps that wait.
+        step_ids: Vec<String>,
     },
     /// The database file could not be opened: missing folder, not a database, or no permission.
     #[error("cannot open database {path}: {message}")]

@@ -9,3 +9,6 @@ pub mod store;
 pub use error::StoreError;
 pub use model::*;
 pub use store::Store;
+pub mod sqlite;
+
+pub use sqlite::{SqliteOptions, SqliteStore};

@@ -1,0 +1,136 @@
+//! Claims and leases: how a worker takes queued jobs, keeps them, and proves it still holds them.
+
+use oaj_core::{transition, JobState, Transition};
+use rusqlite::{params, Connection};
+use serde_json::json;
+
+use super::job_moves::counts_move;
+use super::job_reads::step_run_list;
+use super::rows::{job_columns, job_from_row, query_all, query_first};
+use super::workflows::WorkflowCache;
+use super::writer::WriteTx;
+use crate::error::StoreError;
+use crate::model::{ClaimParams, ClaimedJob, Control, Lease, LeaseExtend, LeaseStatus};
+
+const SELECT_QUEUED: &str =
+    "SELECT id FROM jobs WHERE state = 'queued' ORDER BY claim_key, id LIMIT ?1";
+const UPDATE_CLAIM: &str = concat!(
+    "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_token = lease_token + 1,
+    lease_expires_at = ?3, started_at = COALESCE(started_at, ?4), updated_at = ?4,
+    control = NULL WHERE id = ?1 AND state = 'queued' RETURNING ",
+    job_columns!()
+);
+const SELECT_LEASE: &str = "SELECT lease_token, state FROM jobs WHERE id = ?1";
+const UPDATE_EXTEND: &str = "UPDATE jobs SET lease_expires_at = ?3
+    WHERE id = ?1 AND lease_token = ?2 AND state = 'running' RETURNING control";
+
+/// Claims up to `params.limit` queued jobs in claim order and gives each a new lease.
+pub(crate) fn job_claim(
+    tx: &mut WriteTx<'_>,
+    cache: &WorkflowCache,
+    params: &ClaimParams,
+) -> Result<Vec<ClaimedJob>, StoreError> {
+    transition(JobState::Queued, Transition::Claim).expect("queued jobs can be claimed");
+    let ids = query_all(tx.conn, SELECT_QUEUED, [params.limit], |row| {
+        Ok(row.get::<_, String>(0)?)
+    })?;
+    let mut claimed = Vec::with_capacity(ids.len());
+    for id in ids {
+        claimed.push(claim_one(tx, cache, params, &id)?);
+    }
+    let count = i64::try_from(claimed.len()).expect("a claim returns few jobs");
+    counts_move(tx.conn, JobState::Queued, JobState::Running, count)?;
+    Ok(claimed)
+}
+
+fn claim_one(
+    tx: &mut WriteTx<'_>,
+    cache: &WorkflowCache,
+    params: &ClaimParams,
+    id: &str,
+) -> Result<ClaimedJob, StoreError> {
+    let expires_at = params.now + params.lease_ms;
+    let job = query_first(
+        tx.conn,
+        UPDATE_CLAIM,
+        params![id, params.worker_id, expires_at, params.now],
+        job_from_row,
+    )?
+    .expect("the job was read as queued inside this transaction");
+    let workflow = cache
+        .get(tx.conn, &job.workflow_id, &job.workflow_version)?
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "job {id} runs workflow {} version {}, which is not stored",
+                job.workflow_id, job.workflow_version
+            ))
+        })?;
+    let steps = step_run_list(tx.conn, id)?;
+
+    let data = json!({ "worker_id": params.worker_id, "token": job.lease_token });
+    tx.job_event("job.running".to_owned(), id, data, params.now)?;
+    let lease = Lease {
+        job_id: id.to_owned(),
+        token: job.lease_token,
+    };
+    Ok(ClaimedJob {
+        job,
+        workflow,
+        lease,
+        steps,
+    })
+}
+
+/// Checks that `lease` is the job's current lease and the job is running (fencing).
+///
+/// Fails with [`StoreError::LeaseLost`] otherwise, including when the job was deleted.
+pub(crate) fn lease_check(conn: &Connection, lease: &Lease) -> Result<(), StoreError> {
+    let current = query_first(conn, SELECT_LEASE, [&lease.job_id], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+    })?;
+    match current {
+        Some((token, state)) if token == lease.token && state == JobState::Running.as_str() => {
+            Ok(())
+        }
+        _ => Err(StoreError::LeaseLost {
+            job_id: lease.job_id.clone(),
+            token: lease.token,
+        }),
+    }
+}
+
+/// Renews each lease that is still current and reports the ones that are lost.
+pub(crate) fn lease_extend(
+    tx: &mut WriteTx<'_>,
+    params: &LeaseExtend,
+) -> Result<Vec<LeaseStatus>, StoreError> {
+    let expires_at = params.now + params.lease_ms;
+    let mut statuses = Vec::with_capacity(params.leases.len());
+    for lease in &params.leases {
+        let control = query_first(
+            tx.conn,
+            UPDATE_EXTEND,
+            params![lease.job_id, lease.token, expires_at],
+            |row| Ok(row.get::<_, Option<String>>(0)?),
+        )?;
+        let job_id = lease.job_id.clone();
+        statuses.push(match control {
+            Some(control) => LeaseStatus::Held {
+                job_id,
+                control: control_parse(control.as_deref())?,
+            },
+            None => LeaseStatus::Lost { job_id },
+        });
+    }
+    Ok(statuses)
+}
+
+/// Parses a stored control request.
+pub(crate) fn control_parse(text: Option<&str>) -> Result<Option<Control>, StoreError> {
+    match text {
+        None => Ok(None),
+        Some("cancel") => Ok(Some(Control::Cancel)),
+        Some("pause") => Ok(Some(Control::Pause)),
+        Some(other) => Err(super::errors::corrupt("jobs.control", other)),
+    }
+}

@@ -1,0 +1,93 @@
+//! Opening SQLite connections with the settings every oaj connection needs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::error::StoreError;
+
+/// Statements kept prepared per connection; more than the store has, so none is evicted.
+const STATEMENT_CACHE_CAPACITY: usize = 128;
+
+/// Opens the connection that writes: creates the file if needed and turns on WAL, so that
+/// readers run beside the writer.
+pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| open_error(path, e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(|e| open_error(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Open {
+            path: path.display().to_string(),
+            message: format!("cannot switch the journal to WAL (it stays {mode})"),
+        });
+    }
+    configure(&conn).map_err(|e| open_error(path, e))?;
+    Ok(conn)
+}
+
+/// Opens a connection that only reads.
+pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| open_error(path, e))?;
+    configure(&conn).map_err(|e| open_error(path, e))?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(|e| open_error(path, e))?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    // FULL syncs the WAL on every commit, so an acknowledged write survives a power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    Ok(())
+}
+
+/// Checks, before SQLite does, the mistakes whose SQLite message would be vague.
+pub(crate) fn check_path(path: &Path) -> Result<(), StoreError> {
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => return Ok(()),
+    };
+    if !folder.is_dir() {
+        return Err(StoreError::Open {
+            path: path.display().to_string(),
+            message: format!(
+                "folder {} does not exist: create it first or choose another path",
+                folder.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Turns an error met while opening into one that names the file and the fix.
+pub(crate) fn open_error(path: &Path, error: rusqlite::Error) -> StoreError {
+    let shown = path.display();
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy(format!(
+            "file {shown} is locked by another program ({error}): stop that program, or raise \
+             the busy timeout"
+        )),
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Open {
+            path: shown.to_string(),
+            message: format!(
+                "file {shown} is not an oaj database or is corrupt: {error}; choose another \
+                 path or restore the file from a backup"
+            ),
+        },
+        _ => StoreError::Open {
+            path: shown.to_string(),
+            message: error.to_string(),
+        },
+    }
+}

@@ -1,0 +1,124 @@
+//! Reads of jobs, step runs and attempts, and the deletion of an ended job.
+
+use std::collections::BTreeMap;
+
+use oaj_core::JobState;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection};
+
+use super::job_moves::{counts_add, job_head};
+use super::rows::{
+    attempt_columns, attempt_from_row, job_columns, job_from_row, query_all, query_first,
+    step_run_columns, step_run_from_row,
+};
+use super::writer::WriteTx;
+use crate::error::StoreError;
+use crate::model::{Attempt, Job, JobFilter, StepRun};
+
+const SELECT_JOB: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?1");
+const SELECT_JOBS: &str = concat!("SELECT ", job_columns!(), " FROM jobs");
+const SELECT_COUNTS: &str = "SELECT state, count FROM job_counts";
+const SELECT_STEP_RUNS: &str = concat!(
+    "SELECT ",
+    step_run_columns!(),
+    " FROM step_runs WHERE job_id = ?1 ORDER BY step_id, item"
+);
+const SELECT_ATTEMPTS: &str = concat!(
+    "SELECT ",
+    attempt_columns!(),
+    " FROM attempts WHERE job_id = ?1 ORDER BY id"
+);
+const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = ?1";
+
+/// Jobs returned by one list when the filter sets no limit.
+const LIST_LIMIT_DEFAULT: u32 = 100;
+/// The most jobs one list returns, whatever the filter asks.
+const LIST_LIMIT_MAX: u32 = 1000;
+
+/// Reads one job.
+pub(crate) fn job_get(conn: &Connection, id: &str) -> Result<Option<Job>, StoreError> {
+    query_first(conn, SELECT_JOB, [id], job_from_row)
+}
+
+/// Lists jobs newest first (by id, since UUIDv7 ids sort by creation time), with filters.
+pub(crate) fn job_list(conn: &Connection, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+    let mut conditions = Vec::new();
+    let mut values: Vec<SqlValue> = Vec::new();
+    if !filter.states.is_empty() {
+        let marks = vec!["?"; filter.states.len()].join(", ");
+        conditions.push(format!("state IN ({marks})"));
+        values.extend(
+            filter
+                .states
+                .iter()
+                .map(|state| state.as_str().to_owned().into()),
+        );
+    }
+    let equal = [
+        ("workflow_id = ?", &filter.workflow_id),
+        ("batch_id = ?", &filter.batch_id),
+        ("id < ?", &filter.before_id),
+    ];
+    for (condition, value) in equal {
+        if let Some(value) = value {
+            conditions.push(condition.to_owned());
+            values.push(value.clone().into());
+        }
+    }
+    let limit = match filter.limit {
+        0 => LIST_LIMIT_DEFAULT,
+        limit => limit.min(LIST_LIMIT_MAX),
+    };
+    values.push(i64::from(limit).into());
+
+    let mut sql = SELECT_JOBS.to_owned();
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    query_all(conn, &sql, params_from_iter(values), job_from_row)
+}
+
+/// Reads the job counters.
+pub(crate) fn job_counts(conn: &Connection) -> Result<BTreeMap<JobState, u64>, StoreError> {
+    let rows = query_all(conn, SELECT_COUNTS, [], |row| {
+        let state: String = row.get(0)?;
+        let count: i64 = row.get(1)?;
+        let state = state
+            .parse::<JobState>()
+            .map_err(|_| super::errors::corrupt("job_counts.state", &state))?;
+        let count =
+            u64::try_from(count).map_err(|_| super::errors::corrupt("job_counts.count", count))?;
+        Ok((state, count))
+    })?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Lists a job's step runs by step id, then item (the step itself first).
+pub(crate) fn step_run_list(conn: &Connection, job_id: &str) -> Result<Vec<StepRun>, StoreError> {
+    query_all(conn, SELECT_STEP_RUNS, [job_id], step_run_from_row)
+}
+
+/// Lists a job's attempts, oldest first.
+pub(crate) fn attempt_list(conn: &Connection, job_id: &str) -> Result<Vec<Attempt>, StoreError> {
+    query_all(conn, SELECT_ATTEMPTS, [job_id], attempt_from_row)
+}
+
+/// Deletes an ended job with its rows and events.
+///
+/// It writes no event, because the job's events go with it and the trait gives no time to
+/// stamp one with.
+pub(crate) fn job_delete(tx: &mut WriteTx<'_>, id: &str) -> Result<(), StoreError> {
+    let head = job_head(tx.conn, id)?.ok_or_else(|| StoreError::JobNotFound(id.to_owned()))?;
+    if !head.state.is_final() {
+        return Err(StoreError::JobStateConflict {
+            job_id: id.to_owned(),
+            state: head.state,
+            message: "delete applies only to completed, failed or cancelled jobs: cancel it first"
+                .to_owned(),
+        });
+    }
+    tx.conn.prepare_cached(DELETE_JOB)?.execute(params![id])?;
+    counts_add(tx.conn, head.state, -1)
+}

@@ -1,0 +1,57 @@
+//! Schema migrations: numbered SQL files embedded in the binary and applied at open.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::connection::open_error;
+use crate::error::StoreError;
+
+/// Every migration, in order; the number of each is its position plus one.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_initial.sql")];
+
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY NOT NULL,
+    applied_at INTEGER NOT NULL
+)";
+const SELECT_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations";
+const INSERT_VERSION: &str = "INSERT INTO schema_migrations (version, applied_at)
+    VALUES (?1, CAST(unixepoch('subsec') * 1000 AS INTEGER))";
+
+/// Applies the migrations the file lacks, all in one transaction, so that a failed upgrade leaves
+/// the file as it was.
+///
+/// Fails with [`StoreError::Open`] when the file was written by a newer oaj, whose schema this
+/// build does not know.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| open_error(path, e))?;
+    tx.execute(CREATE_TABLE, [])
+        .map_err(|e| open_error(path, e))?;
+    let stored: i64 = tx
+        .query_row(SELECT_VERSION, [], |row| row.get(0))
+        .map_err(|e| open_error(path, e))?;
+    let known = i64::try_from(MIGRATIONS.len()).expect("the migration list is short");
+    if stored > known {
+        return Err(StoreError::Open {
+            path: path.display().to_string(),
+            message: format!(
+                "the file has schema version {stored}, but this build of oaj knows versions up \
+                 to {known}: upgrade oaj to open it"
+            ),
+        });
+    }
+
+    let applied = usize::try_from(stored).map_err(|_| StoreError::Open {
+        path: path.display().to_string(),
+        message: format!("schema_migrations holds the invalid version {stored}"),
+    })?;
+    for (version, sql) in (1..).zip(MIGRATIONS).skip(applied) {
+        tx.execute_batch(sql).map_err(|e| open_error(path, e))?;
+        tx.execute(INSERT_VERSION, [version])
+            .map_err(|e| open_error(path, e))?;
+        tracing::info!(version, "applied schema migration");
+    }
+    tx.commit().map_err(|e| open_error(path, e))
+}

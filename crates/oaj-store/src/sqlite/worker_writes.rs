@@ -1,0 +1,235 @@
+//! The writes a worker makes while it holds a job: attempts, step runs and the end of its hold.
+//! Each is fenced: it runs only while the worker's lease is the job's current one.
+
+use oaj_core::Transition;
+use rusqlite::params;
+use serde_json::json;
+
+use super::claims::lease_check;
+use super::job_moves::{job_end, job_head, job_move, JobMove};
+use super::rows::{item_to_column, query_first, query_value};
+use super::writer::WriteTx;
+use crate::error::StoreError;
+use crate::model::{AttemptFinish, AttemptStart, Event, JobFinish, JobOutcome, StepUpdate};
+
+const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_id, step_id, item, number, worker_id,
+    lease_token, state, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7) RETURNING id";
+const UPSERT_STEP_RUNNING: &str = "INSERT INTO step_runs (job_id, step_id, item, state, attempts,
+    updated_at) VALUES (?1, ?2, ?3, 'running', ?4, ?5)
+    ON CONFLICT (job_id, step_id, item) DO UPDATE SET state = 'running',
+    attempts = excluded.attempts, next_attempt_at = NULL, updated_at = excluded.updated_at";
+const UPDATE_ATTEMPT_END: &str = "UPDATE attempts SET state = ?3, error = ?4, log = ?5,
+    prompt_tokens = ?6, completion_tokens = ?7, finished_at = ?8
+    WHERE id = ?1 AND job_id = ?2 AND state = 'running' RETURNING number";
+const UPDATE_STEP_AFTER_ATTEMPT: &str = "UPDATE step_runs SET state = ?4, output = ?5,
+    error = ?6, next_attempt_at = ?7, updated_at = ?8
+    WHERE job_id = ?1 AND step_id = ?2 AND item = ?3";
+const UPDATE_JOB_TOKENS: &str = "UPDATE jobs SET prompt_tokens = prompt_tokens + ?2,
+    completion_tokens = completion_tokens + ?3, updated_at = ?4 WHERE id = ?1";
+const UPSERT_STEP: &str = "INSERT INTO step_runs (job_id, step_id, item, state, output, error,
+    items_total, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+    ON CONFLICT (job_id, step_id, item) DO UPDATE SET state = excluded.state,
+    output = COALESCE(excluded.output, output), error = excluded.error,
+    items_total = COALESCE(excluded.items_total, items_total), updated_at = excluded.updated_at";
+const SELECT_DECIDED_WAITING: &str = "SELECT EXISTS (SELECT 1 FROM step_runs
+    WHERE job_id = ?1 AND state = 'waiting' AND decision_at IS NOT NULL)";
+
+/// Records the start of an attempt and marks its step run running. Returns the attempt id.
+pub(crate) fn attempt_start(tx: &mut WriteTx<'_>, start: &AttemptStart) -> Result<i64, StoreError> {
+    lease_check(tx.conn, &start.lease)?;
+    let job_id = &start.lease.job_id;
+    let item = item_to_column(start.item);
+    let id = query_value::<i64>(
+        tx.conn,
+        INSERT_ATTEMPT,
+        params![
+            job_id,
+            start.step_id,
+            item,
+            start.number,
+            start.worker_id,
+            start.lease.token,
+            start.now
+        ],
+    )?
+    .expect("INSERT ... RETURNING returns the new row");
+    tx.conn
+        .prepare_cached(UPSERT_STEP_RUNNING)?
+        .execute(params![
+            job_id,
+            start.step_id,
+            item,
+            start.number,
+            start.now
+        ])?;
+    let data = json!({ "worker_id": start.worker_id });
+    tx.event_add(
+        step_event(
+            "attempt.started",
+            job_id,
+            &start.step_id,
+            start.item,
+            data,
+            start.now,
+        )
+        .with_attempt(start.number),
+    )?;
+    Ok(id)
+}
+
+/// Records the end of an attempt, the new state of its step run and the tokens it used.
+pub(crate) fn attempt_finish(
+    tx: &mut WriteTx<'_>,
+    finish: &AttemptFinish,
+) -> Result<(), StoreError> {
+    lease_check(tx.conn, &finish.lease)?;
+    let job_id = &finish.lease.job_id;
+    let number = query_first(
+        tx.conn,
+        UPDATE_ATTEMPT_END,
+        params![
+            finish.attempt_id,
+            job_id,
+            finish.state.as_str(),
+            finish.error,
+            finish.log,
+            finish.prompt_tokens,
+            finish.completion_tokens,
+            finish.now
+        ],
+        |row| Ok(row.get::<_, u32>(0)?),
+    )?
+    .ok_or_else(|| StoreError::AttemptNotRunning {
+        job_id: job_id.clone(),
+        attempt_id: finish.attempt_id,
+    })?;
+    tx.conn
+        .prepare_cached(UPDATE_STEP_AFTER_ATTEMPT)?
+        .execute(params![
+            job_id,
+            finish.step_id,
+            item_to_column(finish.item),
+            finish.step_state.as_str(),
+            finish.output.as_ref().map(|output| output.to_string()),
+            finish.error,
+            finish.next_attempt_at,
+            finish.now
+        ])?;
+    tx.conn.prepare_cached(UPDATE_JOB_TOKENS)?.execute(params![
+        job_id,
+        finish.prompt_tokens,
+        finish.completion_tokens,
+        finish.now
+    ])?;
+
+    let kind = format!("attempt.{}", finish.state.as_str());
+    let data = json!({ "step_state": finish.step_state.as_str(), "error": finish.error });
+    let event = step_event(
+        &kind,
+        job_id,
+        &finish.step_id,
+        finish.item,
+        data,
+        finish.now,
+    );
+    tx.event_add(event.with_attempt(number))
+}
+
+/// Changes a step run without an attempt and writes its `step.<state>` event.
+pub(crate) fn step_update(tx: &mut WriteTx<'_>, update: &StepUpdate) -> Result<(), StoreError> {
+    lease_check(tx.conn, &update.lease)?;
+    let job_id = &update.lease.job_id;
+    tx.conn.prepare_cached(UPSERT_STEP)?.execute(params![
+        job_id,
+        update.step_id,
+        item_to_column(update.item),
+        update.state.as_str(),
+        update.output.as_ref().map(|output| output.to_string()),
+        update.error,
+        update.items_total,
+        update.now
+    ])?;
+    let kind = format!("step.{}", update.state);
+    let data = json!({ "error": update.error, "items_total": update.items_total });
+    tx.event_add(step_event(
+        &kind,
+        job_id,
+        &update.step_id,
+        update.item,
+        data,
+        update.now,
+    ))
+}
+
+/// Ends the worker's hold on a job as the outcome says.
+pub(crate) fn job_finish(tx: &mut WriteTx<'_>, finish: &JobFinish) -> Result<(), StoreError> {
+    lease_check(tx.conn, &finish.lease)?;
+    let job_id = finish.lease.job_id.as_str();
+    let head = job_head(tx.conn, job_id)?.expect("lease_check found the job");
+    let mut step = JobMove::new(job_id, &head, Transition::Release, finish.now);
+    match &finish.outcome {
+        JobOutcome::Completed(result) => {
+            step.transition = Transition::Complete;
+            step.result = Some(result);
+            return job_end(tx, &step).map(drop);
+        }
+        JobOutcome::Failed(error) => {
+            step.transition = Transition::Fail;
+            step.error = Some(error.clone());
+            return job_end(tx, &step).map(drop);
+        }
+        JobOutcome::Cancelled => {
+            step.transition = Transition::Cancel;
+            return job_end(tx, &step).map(drop);
+        }
+        JobOutcome::Paused => step.transition = Transition::Pause,
+        JobOutcome::Parked { deadline } => {
+            // A decision that arrived while the worker still held the job must not be missed,
+            // so such a job goes back to the queue instead of waiting.
+            if !has_decided_waiting_step(tx, job_id)? {
+                step.transition = Transition::Park;
+                step.run_at = Some(*deadline);
+            }
+        }
+        JobOutcome::Released => {}
+    }
+    job_move(tx, &step).map(drop)
+}
+
+fn has_decided_waiting_step(tx: &WriteTx<'_>, job_id: &str) -> Result<bool, StoreError> {
+    let exists = query_value::<bool>(tx.conn, SELECT_DECIDED_WAITING, [job_id])?;
+    Ok(exists.unwrap_or(false))
+}
+
+/// Builds an event about one step run of a job.
+pub(crate) fn step_event(
+    kind: &str,
+    job_id: &str,
+    step_id: &str,
+    item: Option<u32>,
+    data: serde_json::Value,
+    at: i64,
+) -> Event {
+    Event {
+        seq: 0,
+        kind: kind.to_owned(),
+        job_id: Some(job_id.to_owned()),
+        step_id: Some(step_id.to_owned()),
+        item,
+        attempt: None,
+        data,
+        at,
+    }
+}
+
+/// Adds the attempt number to an event.
+trait WithAttempt {
+    fn with_attempt(self, number: u32) -> Self;
+}
+
+impl WithAttempt for Event {
+    fn with_attempt(mut self, number: u32) -> Event {
+        self.attempt = Some(number);
+        self
+    }
+}
