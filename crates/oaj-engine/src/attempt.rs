@@ -34,7 +34,9 @@ pub(crate) struct AttemptPlan {
 #[derive(Debug)]
 pub(crate) enum AttemptOutcome {
     Completed(Value),
-    Retrying { at: i64 },
+    Retrying {
+        at: i64,
+    },
     Failed(String),
     Cancelled,
     /// The lease was lost: nothing more may be written for this job.
@@ -53,7 +55,10 @@ enum CallResult {
 
 #[instrument(skip_all, fields(job_id = %plan.lease.job_id, step_id = %plan.step_id, item = ?plan.item, attempt = plan.number))]
 pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> AttemptOutcome {
-    let key = plan.concurrency.as_ref().map(|(key, limit)| (key.as_str(), *limit));
+    let key = plan
+        .concurrency
+        .as_ref()
+        .map(|(key, limit)| (key.as_str(), *limit));
     let permits = tokio::select! {
         permits = shared.limits.acquire(&plan.agent_name, key) => permits,
         _ = plan.job_cancel.cancelled() => return AttemptOutcome::Cancelled,
@@ -73,7 +78,13 @@ pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> Attem
     debug!("attempt started");
     let result = call_agent(&shared, &plan).await;
     drop(permits);
-    let finish = attempt_finish(&shared, &plan, attempt_id, result);
+    let finish = attempt_finish(
+        &plan,
+        attempt_id,
+        result,
+        shared.clock.now_ms(),
+        rand::random(),
+    );
     let outcome = outcome_of(&finish);
     match shared.store.attempt_finish(finish).await {
         Ok(()) => outcome,
@@ -103,14 +114,20 @@ async fn call_agent(shared: &Shared, plan: &AttemptPlan) -> CallResult {
     let call_future = agent.call(call);
     tokio::pin!(call_future);
     let timeout = plan.timeout.unwrap_or(Duration::MAX);
+    // Biased so that a cancel wins over the agent's own "cancelled" error when both are ready:
+    // the attempt then counts as cancelled, not as a failure to retry.
     let stopped_by_timeout = tokio::select! {
+        biased;
+        _ = plan.job_cancel.cancelled() => false,
         result = &mut call_future => return call_result(result),
         _ = sleep_for(timeout) => true,
-        _ = plan.job_cancel.cancelled() => false,
     };
     // Ask the agent to stop, then give it the grace period to kill its processes and return.
     cancel.cancel();
-    if tokio::time::timeout(shared.config.cancel_grace, &mut call_future).await.is_err() {
+    if tokio::time::timeout(shared.config.cancel_grace, &mut call_future)
+        .await
+        .is_err()
+    {
         debug!("agent did not stop within the grace period; abandoning the call");
     }
     if stopped_by_timeout {
@@ -135,12 +152,23 @@ fn call_result(result: Result<AgentOutput, AgentError>) -> CallResult {
 }
 
 fn idempotency_key(plan: &AttemptPlan) -> String {
-    let item = plan.item.map_or_else(|| "-".to_owned(), |item| item.to_string());
-    format!("{}/{}/{}/{}", plan.lease.job_id, plan.step_id, item, plan.number)
+    let item = plan
+        .item
+        .map_or_else(|| "-".to_owned(), |item| item.to_string());
+    format!(
+        "{}/{}/{}/{}",
+        plan.lease.job_id, plan.step_id, item, plan.number
+    )
 }
 
-fn attempt_finish(shared: &Shared, plan: &AttemptPlan, attempt_id: i64, result: CallResult) -> AttemptFinish {
-    let now = shared.clock.now_ms();
+/// Builds the record of an attempt's end at `now`; `random` in `[0, 1)` draws the retry jitter.
+fn attempt_finish(
+    plan: &AttemptPlan,
+    attempt_id: i64,
+    result: CallResult,
+    now: i64,
+    random: f64,
+) -> AttemptFinish {
     let mut finish = AttemptFinish {
         lease: plan.lease.clone(),
         attempt_id,
@@ -161,7 +189,8 @@ fn attempt_finish(shared: &Shared, plan: &AttemptPlan, attempt_id: i64, result: 
             finish.log = output.log;
             if let Some(usage) = output.usage {
                 finish.prompt_tokens = i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX);
-                finish.completion_tokens = i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX);
+                finish.completion_tokens =
+                    i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX);
             }
             finish.output = Some(output.output);
             return finish;
@@ -174,23 +203,31 @@ fn attempt_finish(shared: &Shared, plan: &AttemptPlan, attempt_id: i64, result: 
         }
         CallResult::TimedOut(limit) => {
             finish.state = AttemptState::TimedOut;
-            (format!("attempt timed out after {:.3} s", limit.as_secs_f64()), true, None)
+            (
+                format!("attempt timed out after {:.3} s", limit.as_secs_f64()),
+                true,
+                None,
+            )
         }
         CallResult::Error(error) => {
             finish.state = AttemptState::Failed;
             finish.log = error.log;
             if let Some(usage) = error.usage {
                 finish.prompt_tokens = i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX);
-                finish.completion_tokens = i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX);
+                finish.completion_tokens =
+                    i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX);
             }
             (error.message, error.is_retryable, error.retry_after)
         }
     };
-    let random: f64 = rand::random();
-    match plan.policy.decide(plan.number, retryable, retry_after, random) {
+    match plan
+        .policy
+        .decide(plan.number, retryable, retry_after, random)
+    {
         RetryDecision::RetryAfter(delay) => {
             finish.step_state = StepState::Retrying;
-            finish.next_attempt_at = Some(now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)));
+            finish.next_attempt_at =
+                Some(now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)));
         }
         RetryDecision::GiveUp => finish.step_state = StepState::Failed,
     }
@@ -200,9 +237,93 @@ fn attempt_finish(shared: &Shared, plan: &AttemptPlan, attempt_id: i64, result: 
 
 fn outcome_of(finish: &AttemptFinish) -> AttemptOutcome {
     match finish.step_state {
-        StepState::Completed => AttemptOutcome::Completed(finish.output.clone().unwrap_or(Value::Null)),
-        StepState::Retrying => AttemptOutcome::Retrying { at: finish.next_attempt_at.unwrap_or(finish.now) },
+        StepState::Completed => {
+            AttemptOutcome::Completed(finish.output.clone().unwrap_or(Value::Null))
+        }
+        StepState::Retrying => AttemptOutcome::Retrying {
+            at: finish.next_attempt_at.unwrap_or(finish.now),
+        },
         StepState::Cancelled => AttemptOutcome::Cancelled,
         _ => AttemptOutcome::Failed(finish.error.clone().unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::NoopAgent;
+
+    fn plan(number: u32) -> AttemptPlan {
+        AttemptPlan {
+            lease: Lease {
+                job_id: "job".into(),
+                token: 1,
+            },
+            step_id: "step".into(),
+            item: None,
+            number,
+            input: Value::Null,
+            agent_name: "noop".into(),
+            capability: None,
+            agent: Arc::new(NoopAgent),
+            policy: RetryPolicy {
+                attempts_max: 3,
+                delay: Duration::from_millis(500),
+                backoff_multiplier: 3.0,
+                delay_max: Duration::from_secs(60),
+                jitter: 0.5,
+            },
+            timeout: None,
+            concurrency: None,
+            job_cancel: CancellationToken::new(),
+        }
+    }
+
+    fn failed() -> CallResult {
+        CallResult::Error(AgentError::retryable("boom"))
+    }
+
+    #[test]
+    fn failed_attempts_schedule_backoff_delays() {
+        let now = 1_000_000;
+        let first = attempt_finish(&plan(1), 1, failed(), now, 0.0);
+        assert_eq!(first.step_state, StepState::Retrying);
+        assert_eq!(first.next_attempt_at, Some(now + 500));
+        let second = attempt_finish(&plan(2), 2, failed(), now, 0.0);
+        assert_eq!(second.next_attempt_at, Some(now + 1500));
+    }
+
+    #[test]
+    fn jitter_draw_shortens_scheduled_delay() {
+        let finish = attempt_finish(&plan(2), 2, failed(), 0, 0.5);
+        assert_eq!(finish.next_attempt_at, Some(1125));
+    }
+
+    #[test]
+    fn last_attempt_fails_step() {
+        let finish = attempt_finish(&plan(3), 3, failed(), 0, 0.0);
+        assert_eq!(finish.step_state, StepState::Failed);
+        assert_eq!(finish.next_attempt_at, None);
+        assert_eq!(finish.error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn timeout_counts_as_retryable_failure() {
+        let finish = attempt_finish(
+            &plan(1),
+            1,
+            CallResult::TimedOut(Duration::from_secs(2)),
+            0,
+            0.0,
+        );
+        assert_eq!(finish.state, AttemptState::TimedOut);
+        assert_eq!(finish.step_state, StepState::Retrying);
+    }
+
+    #[test]
+    fn cancel_never_retries() {
+        let finish = attempt_finish(&plan(1), 1, CallResult::Cancelled, 0, 0.0);
+        assert_eq!(finish.state, AttemptState::Cancelled);
+        assert_eq!(finish.step_state, StepState::Cancelled);
     }
 }

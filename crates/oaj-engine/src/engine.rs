@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use oaj_core::{Clock, JobState};
 use oaj_store::{
-    ClaimParams, ClaimedJob, JobFinish, JobOutcome, Lease, LeaseExtend, LeaseStatus, MaintenanceParams, Store,
-    StoreError,
+    ClaimParams, ClaimedJob, JobFinish, JobOutcome, Lease, LeaseExtend, LeaseStatus,
+    MaintenanceParams, Store, StoreError,
 };
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -50,7 +50,12 @@ struct Held {
 
 impl Engine {
     /// Creates an engine over `store` that runs agents from `registry` and the workflows' own.
-    pub fn new(store: Arc<dyn Store>, mut registry: AgentRegistry, clock: Arc<dyn Clock>, config: EngineConfig) -> Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        mut registry: AgentRegistry,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Engine {
         // `transform` computes its outputs in its inputs' `${ ... }` expressions, which the engine
         // resolves before the call, so the agent only hands them back.
         if registry.get("transform").is_none() {
@@ -67,7 +72,9 @@ impl Engine {
             workflows: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
         };
-        Engine { shared: Arc::new(shared) }
+        Engine {
+            shared: Arc::new(shared),
+        }
     }
 
     /// Returns the store this engine works on.
@@ -139,7 +146,8 @@ impl Engine {
             if claimed_count > 0 && claimed_count == free.min(CLAIM_BATCH_MAX) {
                 continue;
             }
-            if self.shared.config.exit_when_idle && runners.is_empty() && self.is_store_idle().await {
+            if self.shared.config.exit_when_idle && runners.is_empty() && self.is_store_idle().await
+            {
                 return;
             }
             tokio::select! {
@@ -188,7 +196,13 @@ impl Engine {
         };
         let (sender, receiver) = watch::channel(Signal::Run);
         let job_id = claimed.job.id.clone();
-        shared.held_insert(job_id.clone(), Held { lease: claimed.lease.clone(), signal: sender });
+        shared.held_insert(
+            job_id.clone(),
+            Held {
+                lease: claimed.lease.clone(),
+                signal: sender,
+            },
+        );
         let runner = JobRunner::new(shared.clone(), claimed, loaded, receiver);
         runners.spawn(async move {
             runner.run().await;
@@ -199,7 +213,11 @@ impl Engine {
 
 async fn fail_unloadable(shared: Arc<Shared>, lease: Lease, message: String) {
     warn!(job_id = %lease.job_id, error = %message, "job's workflow could not be loaded");
-    let finish = JobFinish { lease, outcome: JobOutcome::Failed(message), now: shared.clock.now_ms() };
+    let finish = JobFinish {
+        lease,
+        outcome: JobOutcome::Failed(message),
+        now: shared.clock.now_ms(),
+    };
     if let Err(error) = shared.store.job_finish(finish).await {
         warn!(error = %error, "failed to record the failure of a job whose workflow could not be loaded");
     }
@@ -207,17 +225,35 @@ async fn fail_unloadable(shared: Arc<Shared>, lease: Lease, message: String) {
 
 impl Shared {
     fn workflow_load(&self, claimed: &ClaimedJob) -> Result<Arc<LoadedWorkflow>, String> {
-        let key = (claimed.workflow.id.clone(), claimed.workflow.version.clone());
-        if let Some(loaded) = self.workflows.lock().expect("workflow cache lock").get(&key) {
+        let key = (
+            claimed.workflow.id.clone(),
+            claimed.workflow.version.clone(),
+        );
+        if let Some(loaded) = self
+            .workflows
+            .lock()
+            .expect("workflow cache lock")
+            .get(&key)
+        {
             return Ok(loaded.clone());
         }
-        let loaded = Arc::new(LoadedWorkflow::load(&claimed.workflow.document, &self.registry, &self.http)?);
-        self.workflows.lock().expect("workflow cache lock").insert(key, loaded.clone());
+        let loaded = Arc::new(LoadedWorkflow::load(
+            &claimed.workflow.document,
+            &self.registry,
+            &self.http,
+        )?);
+        self.workflows
+            .lock()
+            .expect("workflow cache lock")
+            .insert(key, loaded.clone());
         Ok(loaded)
     }
 
     fn held_insert(&self, job_id: String, held: Held) {
-        self.held.lock().expect("held jobs lock").insert(job_id, held);
+        self.held
+            .lock()
+            .expect("held jobs lock")
+            .insert(job_id, held);
     }
 
     fn held_remove(&self, job_id: &str) {
@@ -225,7 +261,12 @@ impl Shared {
     }
 
     fn held_leases(&self) -> Vec<Lease> {
-        self.held.lock().expect("held jobs lock").values().map(|held| held.lease.clone()).collect()
+        self.held
+            .lock()
+            .expect("held jobs lock")
+            .values()
+            .map(|held| held.lease.clone())
+            .collect()
     }
 
     fn signal_all(&self, signal: Signal) {
@@ -281,7 +322,9 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
         };
         match shared.store.lease_extend(params).await {
             Ok(statuses) => apply_lease_statuses(&shared, statuses),
-            Err(error) => warn!(error = %error, "lease renewal failed; retrying at the next heartbeat"),
+            Err(error) => {
+                warn!(error = %error, "lease renewal failed; retrying at the next heartbeat")
+            }
         }
     }
 }
@@ -289,7 +332,10 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
 fn apply_lease_statuses(shared: &Shared, statuses: Vec<LeaseStatus>) {
     for status in statuses {
         match status {
-            LeaseStatus::Held { job_id, control: Some(control) } => {
+            LeaseStatus::Held {
+                job_id,
+                control: Some(control),
+            } => {
                 let signal = match control {
                     oaj_store::Control::Cancel => Signal::Cancel,
                     oaj_store::Control::Pause => Signal::Pause,
@@ -323,16 +369,25 @@ async fn maintenance_loop(shared: Arc<Shared>, stop: CancellationToken) {
         match shared.store.maintenance(params).await {
             Ok(report) => {
                 if report.rescued > 0 || report.rescue_failed > 0 {
-                    info!(rescued = report.rescued, failed = report.rescue_failed, "rescued jobs with expired leases");
+                    info!(
+                        rescued = report.rescued,
+                        failed = report.rescue_failed,
+                        "rescued jobs with expired leases"
+                    );
                 }
                 if report.deleted > 0 {
-                    info!(deleted = report.deleted, "deleted finished jobs past retention");
+                    info!(
+                        deleted = report.deleted,
+                        "deleted finished jobs past retention"
+                    );
                 }
                 if report.rescued > 0 || report.promoted > 0 {
                     notify.notify_waiters();
                 }
             }
-            Err(error) => warn!(error = %error, "maintenance pass failed; retrying at the next tick"),
+            Err(error) => {
+                warn!(error = %error, "maintenance pass failed; retrying at the next tick")
+            }
         }
     }
 }

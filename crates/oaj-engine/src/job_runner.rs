@@ -9,7 +9,8 @@ use std::sync::Arc;
 use oaj_core::expression::{condition_eval, expression_eval, value_resolve};
 use oaj_core::workflow::OnFailure;
 use oaj_store::{
-    ApprovalDecision, ClaimedJob, Job, JobFinish, JobOutcome, Lease, StepRun, StepState, StepUpdate, StoreError,
+    ApprovalDecision, ClaimedJob, Job, JobFinish, JobOutcome, Lease, StepRun, StepState,
+    StepUpdate, StoreError,
 };
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
@@ -62,7 +63,10 @@ enum Slot {
 
 impl Slot {
     fn is_final(&self) -> bool {
-        matches!(self, Slot::Completed | Slot::Failed(_) | Slot::Skipped | Slot::Cancelled)
+        matches!(
+            self,
+            Slot::Completed | Slot::Failed(_) | Slot::Skipped | Slot::Cancelled
+        )
     }
 
     fn restore(run: &StepRun) -> Slot {
@@ -120,11 +124,15 @@ impl JobRunner {
     ) -> JobRunner {
         let mut scope = json!({ "inputs": claimed.job.input.clone(), "steps": {} });
         let steps = restore_steps(&loaded, &claimed.steps, &mut scope);
-        let timeout_ms = claimed
+        let timeout_ms = claimed.job.timeout_ms.or_else(|| {
+            loaded
+                .job_timeout
+                .map(|limit| i64::try_from(limit.as_millis()).unwrap_or(i64::MAX))
+        });
+        let started_at = claimed
             .job
-            .timeout_ms
-            .or_else(|| loaded.job_timeout.map(|limit| i64::try_from(limit.as_millis()).unwrap_or(i64::MAX)));
-        let started_at = claimed.job.started_at.unwrap_or_else(|| shared.clock.now_ms());
+            .started_at
+            .unwrap_or_else(|| shared.clock.now_ms());
         let deadline = timeout_ms.map(|limit| started_at.saturating_add(limit));
         JobRunner {
             shared,
@@ -158,11 +166,17 @@ impl JobRunner {
             }
         };
         debug!(outcome = ?outcome, "job runner finished");
-        let finish = JobFinish { lease: self.lease.clone(), outcome, now: self.shared.clock.now_ms() };
+        let finish = JobFinish {
+            lease: self.lease.clone(),
+            outcome,
+            now: self.shared.clock.now_ms(),
+        };
         match self.shared.store.job_finish(finish).await {
             Ok(()) => {}
             Err(StoreError::LeaseLost { .. }) => info!("lease lost before the outcome was written"),
-            Err(error) => warn!(error = %error, "failed to write the job outcome; its lease will expire"),
+            Err(error) => {
+                warn!(error = %error, "failed to write the job outcome; its lease will expire")
+            }
         }
     }
 
@@ -181,14 +195,19 @@ impl JobRunner {
                 Signal::Lost => return Err(Stop::LeaseLost),
                 Signal::Cancel => return self.stop_all(JobOutcome::Cancelled).await,
                 Signal::Shutdown if drain_deadline.is_none() => {
-                    let grace = i64::try_from(self.shared.config.shutdown_grace.as_millis()).unwrap_or(i64::MAX);
+                    let grace = i64::try_from(self.shared.config.shutdown_grace.as_millis())
+                        .unwrap_or(i64::MAX);
                     drain_deadline = Some(now.saturating_add(grace));
                 }
                 _ => {}
             }
             if self.deadline.is_some_and(|deadline| now >= deadline) {
-                let limit = self.job.timeout_ms.map_or(String::new(), |ms| format!(" after {} s", ms as f64 / 1000.0));
-                return self.stop_all(JobOutcome::Failed(format!("job timed out{limit}"))).await;
+                let limit = self.job.timeout_ms.map_or(String::new(), |ms| {
+                    format!(" after {} s", ms as f64 / 1000.0)
+                });
+                return self
+                    .stop_all(JobOutcome::Failed(format!("job timed out{limit}")))
+                    .await;
             }
             if drain_deadline.is_some_and(|deadline| now >= deadline) {
                 return self.stop_all(JobOutcome::Released).await;
@@ -222,7 +241,11 @@ impl JobRunner {
         }
         let has_retry = self.steps.iter().any(|step| {
             matches!(step.slot, Slot::Retrying(_))
-                || step.items.iter().flatten().any(|item| matches!(item.slot, Slot::Retrying(_)))
+                || step
+                    .items
+                    .iter()
+                    .flatten()
+                    .any(|item| matches!(item.slot, Slot::Retrying(_)))
         });
         if has_retry {
             return Ok(None);
@@ -238,7 +261,9 @@ impl JobRunner {
         // Every step that is not final waits on one that is not final either, which validation
         // rules out (no cycles); fail the job instead of spinning.
         let _ = now;
-        Ok(Some(JobOutcome::Failed("no step can run: the remaining steps wait on each other".to_owned())))
+        Ok(Some(JobOutcome::Failed(
+            "no step can run: the remaining steps wait on each other".to_owned(),
+        )))
     }
 
     fn completed_outcome(&self) -> JobOutcome {
@@ -269,7 +294,9 @@ impl JobRunner {
         let sleep_ms = wake_at.map(|at| at.saturating_sub(self.shared.clock.now_ms()).max(0));
         let sleep = async {
             match sleep_ms {
-                Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms.unsigned_abs())).await,
+                Some(ms) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms.unsigned_abs())).await
+                }
                 None => std::future::pending().await,
             }
         };
@@ -303,7 +330,12 @@ impl JobRunner {
         Ok(outcome)
     }
 
-    async fn absorb(&mut self, step: usize, item: Option<u32>, outcome: AttemptOutcome) -> Result<(), Stop> {
+    async fn absorb(
+        &mut self,
+        step: usize,
+        item: Option<u32>,
+        outcome: AttemptOutcome,
+    ) -> Result<(), Stop> {
         match outcome {
             AttemptOutcome::LeaseLost => Err(Stop::LeaseLost),
             AttemptOutcome::StoreFailed(error) => Err(Stop::Store(error)),
@@ -329,7 +361,10 @@ impl JobRunner {
         };
         match item {
             Some(index) => {
-                let items = self.steps[step].items.as_mut().expect("items exist once a fan-out starts");
+                let items = self.steps[step]
+                    .items
+                    .as_mut()
+                    .expect("items exist once a fan-out starts");
                 let item = &mut items[index as usize];
                 item.slot = slot;
                 if let AttemptOutcome::Completed(output) = outcome {
@@ -384,7 +419,10 @@ impl JobRunner {
     }
 
     fn needs_final(&self, index: usize) -> bool {
-        self.loaded.plan.steps[index].needs.iter().all(|&need| self.steps[need].slot.is_final())
+        self.loaded.plan.steps[index]
+            .needs
+            .iter()
+            .all(|&need| self.steps[need].slot.is_final())
     }
 
     async fn start_step(&mut self, index: usize) -> Result<(), Stop> {
@@ -396,7 +434,9 @@ impl JobRunner {
         match self.loaded.actions[index].clone() {
             StepAction::Missing(message) => self.fail_step(index, message).await,
             StepAction::Approval => self.approval(index).await,
-            StepAction::Call { .. } if self.loaded.step(index).for_each.is_some() => self.expand(index).await,
+            StepAction::Call { .. } if self.loaded.step(index).for_each.is_some() => {
+                self.expand(index).await
+            }
             StepAction::Call { .. } => {
                 self.spawn_attempt(index, None);
                 Ok(())
@@ -407,36 +447,59 @@ impl JobRunner {
     /// Returns why the step is skipped, `None` to run it, or an error that fails it.
     fn skip_reason(&self, index: usize) -> Result<Option<String>, String> {
         let needs = &self.loaded.plan.steps[index].needs;
-        if let Some(&failed) = needs.iter().find(|&&need| matches!(self.steps[need].slot, Slot::Failed(_))) {
-            return Ok(Some(format!("step {} that it needs failed", self.loaded.plan.steps[failed].id)));
+        if let Some(&failed) = needs
+            .iter()
+            .find(|&&need| matches!(self.steps[need].slot, Slot::Failed(_)))
+        {
+            return Ok(Some(format!(
+                "step {} that it needs failed",
+                self.loaded.plan.steps[failed].id
+            )));
         }
-        if !needs.is_empty() && needs.iter().all(|&need| self.steps[need].slot == Slot::Skipped) {
+        if !needs.is_empty()
+            && needs
+                .iter()
+                .all(|&need| self.steps[need].slot == Slot::Skipped)
+        {
             return Ok(Some("every step it needs was skipped".to_owned()));
         }
-        let Some(condition) = self.loaded.step(index).condition.as_deref() else { return Ok(None) };
+        let Some(condition) = self.loaded.step(index).condition.as_deref() else {
+            return Ok(None);
+        };
         match condition_eval(condition, &self.scope) {
             Ok(true) => Ok(None),
             Ok(false) => Ok(Some(format!("condition {condition:?} is false"))),
-            Err(error) => Err(format!("condition {condition:?} could not be evaluated: {error}")),
+            Err(error) => Err(format!(
+                "condition {condition:?} could not be evaluated: {error}"
+            )),
         }
     }
 
     async fn skip(&mut self, index: usize, reason: String) -> Result<(), Stop> {
-        self.update_step(index, StepState::Skipped, None, Some(reason), None).await?;
+        self.update_step(index, StepState::Skipped, None, Some(reason), None)
+            .await?;
         self.steps[index].slot = Slot::Skipped;
         self.set_output(index, Value::Null);
         Ok(())
     }
 
     async fn fail_step(&mut self, index: usize, message: String) -> Result<(), Stop> {
-        self.update_step(index, StepState::Failed, None, Some(message.clone()), None).await?;
+        self.update_step(index, StepState::Failed, None, Some(message.clone()), None)
+            .await?;
         self.steps[index].slot = Slot::Failed(message.clone());
         self.note_failure(index, &message);
         Ok(())
     }
 
     async fn complete_step(&mut self, index: usize, output: Value) -> Result<(), Stop> {
-        self.update_step(index, StepState::Completed, Some(output.clone()), None, None).await?;
+        self.update_step(
+            index,
+            StepState::Completed,
+            Some(output.clone()),
+            None,
+            None,
+        )
+        .await?;
         self.steps[index].slot = Slot::Completed;
         self.set_output(index, output);
         Ok(())
@@ -460,24 +523,46 @@ impl JobRunner {
             items_total,
             now: self.shared.clock.now_ms(),
         };
-        self.shared.store.step_update(update).await.map_err(Stop::from)
+        self.shared
+            .store
+            .step_update(update)
+            .await
+            .map_err(Stop::from)
     }
 
     /// Evaluates a fan-out's items and starts the step run of each.
     async fn expand(&mut self, index: usize) -> Result<(), Stop> {
-        let expression = self.loaded.step(index).for_each.as_ref().expect("expand is called for fan-outs").items();
+        let expression = self
+            .loaded
+            .step(index)
+            .for_each
+            .as_ref()
+            .expect("expand is called for fan-outs")
+            .items();
         let values = match expression_eval(expression, &self.scope) {
             Ok(Value::Array(values)) => values,
             Ok(other) => {
-                let message = format!("for_each {expression:?} gave {}, expected an array", type_name(&other));
+                let message = format!(
+                    "for_each {expression:?} gave {}, expected an array",
+                    type_name(&other)
+                );
                 return self.fail_step(index, message).await;
             }
-            Err(error) => return self.fail_step(index, format!("for_each {expression:?} failed: {error}")).await,
+            Err(error) => {
+                return self
+                    .fail_step(index, format!("for_each {expression:?} failed: {error}"))
+                    .await
+            }
         };
         let total = u32::try_from(values.len()).unwrap_or(u32::MAX);
         if self.steps[index].items.is_none() {
-            self.update_step(index, StepState::Running, None, None, Some(total)).await?;
-            let pending = || ItemSlot { slot: Slot::Pending, attempts: 0, output: Value::Null };
+            self.update_step(index, StepState::Running, None, None, Some(total))
+                .await?;
+            let pending = || ItemSlot {
+                slot: Slot::Pending,
+                attempts: 0,
+                output: Value::Null,
+            };
             self.steps[index].items = Some((0..values.len()).map(|_| pending()).collect());
         }
         self.steps[index].item_values = values;
@@ -488,29 +573,45 @@ impl JobRunner {
     /// Starts the items whose turn has come and gathers the outputs once every item has ended.
     async fn advance_fanout(&mut self, index: usize) -> Result<(), Stop> {
         let now = self.shared.clock.now_ms();
-        let limit = self.loaded.step(index).for_each.as_ref().and_then(|each| each.concurrency()).map_or(usize::MAX, |n| n as usize);
+        let limit = self
+            .loaded
+            .step(index)
+            .for_each
+            .as_ref()
+            .and_then(|each| each.concurrency())
+            .map_or(usize::MAX, |n| n as usize);
         let items = self.steps[index].items.as_ref().expect("fan-out has items");
-        let mut running = items.iter().filter(|item| item.slot == Slot::Running).count();
+        let mut running = items
+            .iter()
+            .filter(|item| item.slot == Slot::Running)
+            .count();
         let mut ready = Vec::new();
         for (item, slot) in items.iter().enumerate() {
-            let due = matches!(slot.slot, Slot::Pending) || matches!(slot.slot, Slot::Retrying(at) if at <= now);
+            let due = matches!(slot.slot, Slot::Pending)
+                || matches!(slot.slot, Slot::Retrying(at) if at <= now);
             if due && running < limit {
                 ready.push(item);
                 running += 1;
             }
         }
         for item in ready {
-            self.spawn_attempt(index, Some(u32::try_from(item).expect("item count fits in u32")));
+            self.spawn_attempt(
+                index,
+                Some(u32::try_from(item).expect("item count fits in u32")),
+            );
         }
         self.gather_if_done(index).await
     }
 
     async fn gather_if_done(&mut self, index: usize) -> Result<(), Stop> {
         let items = self.steps[index].items.as_ref().expect("fan-out has items");
-        let failed = items.iter().enumerate().find_map(|(item, slot)| match &slot.slot {
-            Slot::Failed(error) => Some(format!("item {item} failed: {error}")),
-            _ => None,
-        });
+        let failed = items
+            .iter()
+            .enumerate()
+            .find_map(|(item, slot)| match &slot.slot {
+                Slot::Failed(error) => Some(format!("item {item} failed: {error}")),
+                _ => None,
+            });
         let fails_job = self.loaded.step(index).on_failure.unwrap_or_default() == OnFailure::Fail;
         let all_final = items.iter().all(|item| item.slot.is_final());
         match failed {
@@ -540,13 +641,17 @@ impl JobRunner {
         };
         self.set_slot(index, item, Slot::Running);
         let shared = self.shared.clone();
-        self.tasks.spawn(async move { (index, item, attempt_run(shared, plan).await) });
+        self.tasks
+            .spawn(async move { (index, item, attempt_run(shared, plan).await) });
     }
 
     fn set_slot(&mut self, index: usize, item: Option<u32>, slot: Slot) {
         match item {
             Some(position) => {
-                let items = self.steps[index].items.as_mut().expect("items exist once a fan-out starts");
+                let items = self.steps[index]
+                    .items
+                    .as_mut()
+                    .expect("items exist once a fan-out starts");
                 items[position as usize].slot = slot;
             }
             None => self.steps[index].slot = slot,
@@ -555,24 +660,45 @@ impl JobRunner {
 
     fn item_scope(&self, index: usize, position: u32) -> Value {
         let mut scope = self.scope.clone();
-        let value = self.steps[index].item_values.get(position as usize).cloned().unwrap_or(Value::Null);
+        let value = self.steps[index]
+            .item_values
+            .get(position as usize)
+            .cloned()
+            .unwrap_or(Value::Null);
         scope["item"] = value;
         scope["index"] = json!(position);
         scope
     }
 
-    fn attempt_plan(&mut self, index: usize, item: Option<u32>, scope: &Value) -> Result<AttemptPlan, String> {
-        let StepAction::Call { name, capability, agent } = self.loaded.actions[index].clone() else {
+    fn attempt_plan(
+        &mut self,
+        index: usize,
+        item: Option<u32>,
+        scope: &Value,
+    ) -> Result<AttemptPlan, String> {
+        let StepAction::Call {
+            name,
+            capability,
+            agent,
+        } = self.loaded.actions[index].clone()
+        else {
             unreachable!("only agent calls have attempts");
         };
-        let input = self.loaded.plan.step_input(index, scope).map_err(|error| format!("step input could not be resolved: {error}"))?;
+        let input = self
+            .loaded
+            .plan
+            .step_input(index, scope)
+            .map_err(|error| format!("step input could not be resolved: {error}"))?;
         let step = self.loaded.step(index);
         let concurrency = match &step.concurrency {
             Some(spec) => Some((concurrency_key(&spec.key, scope)?, spec.limit)),
             None => None,
         };
         let attempts = match item {
-            Some(position) => &mut self.steps[index].items.as_mut().expect("fan-out has items")[position as usize].attempts,
+            Some(position) => {
+                &mut self.steps[index].items.as_mut().expect("fan-out has items")[position as usize]
+                    .attempts
+            }
             None => &mut self.steps[index].attempts,
         };
         *attempts += 1;
@@ -598,24 +724,42 @@ impl JobRunner {
         let now = self.shared.clock.now_ms();
         if let Some(decision) = self.steps[index].decision.clone() {
             if decision.approved {
-                let output = json!({ "approved": true, "by": decision.by, "comment": decision.comment });
+                let output =
+                    json!({ "approved": true, "by": decision.by, "comment": decision.comment });
                 return self.complete_step(index, output).await;
             }
             let by = decision.by.as_deref().unwrap_or("a reviewer");
-            let comment = decision.comment.as_deref().map_or(String::new(), |text| format!(": {text}"));
-            return self.fail_step(index, format!("rejected by {by}{comment}")).await;
+            let comment = decision
+                .comment
+                .as_deref()
+                .map_or(String::new(), |text| format!(": {text}"));
+            return self
+                .fail_step(index, format!("rejected by {by}{comment}"))
+                .await;
         }
         match self.steps[index].slot {
             Slot::Waiting(_) => {
-                if self.approval_deadline(index).is_some_and(|deadline| now >= deadline) {
-                    let seconds = self.loaded.step(index).approval.as_ref().and_then(|spec| spec.timeout_seconds);
-                    let message = format!("no approval decision within {} s", seconds.unwrap_or_default());
+                if self
+                    .approval_deadline(index)
+                    .is_some_and(|deadline| now >= deadline)
+                {
+                    let seconds = self
+                        .loaded
+                        .step(index)
+                        .approval
+                        .as_ref()
+                        .and_then(|spec| spec.timeout_seconds);
+                    let message = format!(
+                        "no approval decision within {} s",
+                        seconds.unwrap_or_default()
+                    );
                     return self.fail_step(index, message).await;
                 }
                 Ok(())
             }
             _ => {
-                self.update_step(index, StepState::Waiting, None, None, None).await?;
+                self.update_step(index, StepState::Waiting, None, None, None)
+                    .await?;
                 self.steps[index].slot = Slot::Waiting(now);
                 Ok(())
             }
@@ -623,7 +767,9 @@ impl JobRunner {
     }
 
     fn approval_deadline(&self, index: usize) -> Option<i64> {
-        let Slot::Waiting(since) = self.steps[index].slot else { return None };
+        let Slot::Waiting(since) = self.steps[index].slot else {
+            return None;
+        };
         let seconds = self.loaded.step(index).approval.as_ref()?.timeout_seconds?;
         let limit = oaj_core::retry_policy::seconds(seconds);
         Some(since.saturating_add(i64::try_from(limit.as_millis()).unwrap_or(i64::MAX)))
@@ -634,7 +780,9 @@ fn concurrency_key(template: &str, scope: &Value) -> Result<String, String> {
     match value_resolve(&Value::String(template.to_owned()), scope) {
         Ok(Value::String(key)) => Ok(key),
         Ok(other) => Ok(other.to_string()),
-        Err(error) => Err(format!("concurrency key {template:?} could not be resolved: {error}")),
+        Err(error) => Err(format!(
+            "concurrency key {template:?} could not be resolved: {error}"
+        )),
     }
 }
 
@@ -643,11 +791,24 @@ fn restore_steps(loaded: &LoadedWorkflow, saved: &[StepRun], scope: &mut Value) 
         .plan
         .steps
         .iter()
-        .map(|_| StepSlot { slot: Slot::Pending, attempts: 0, decision: None, items: None, item_values: Vec::new() })
+        .map(|_| StepSlot {
+            slot: Slot::Pending,
+            attempts: 0,
+            decision: None,
+            items: None,
+            item_values: Vec::new(),
+        })
         .collect();
     let mut outputs = Map::new();
     for run in saved {
-        let Some(index) = loaded.plan.steps.iter().position(|step| step.id == run.step_id) else { continue };
+        let Some(index) = loaded
+            .plan
+            .steps
+            .iter()
+            .position(|step| step.id == run.step_id)
+        else {
+            continue;
+        };
         let slot = &mut steps[index];
         match run.item {
             None => {
@@ -656,12 +817,20 @@ fn restore_steps(loaded: &LoadedWorkflow, saved: &[StepRun], scope: &mut Value) 
                 slot.decision = run.decision.clone();
                 if let Some(total) = run.items_total.filter(|_| !slot.slot.is_final()) {
                     slot.slot = Slot::Running;
-                    let pending = || ItemSlot { slot: Slot::Pending, attempts: 0, output: Value::Null };
-                    slot.items.get_or_insert_with(|| (0..total).map(|_| pending()).collect());
+                    let pending = || ItemSlot {
+                        slot: Slot::Pending,
+                        attempts: 0,
+                        output: Value::Null,
+                    };
+                    slot.items
+                        .get_or_insert_with(|| (0..total).map(|_| pending()).collect());
                 }
                 match run.state {
                     StepState::Completed => {
-                        outputs.insert(run.step_id.clone(), json!({ "outputs": run.output.clone().unwrap_or(Value::Null) }));
+                        outputs.insert(
+                            run.step_id.clone(),
+                            json!({ "outputs": run.output.clone().unwrap_or(Value::Null) }),
+                        );
                     }
                     StepState::Skipped => {
                         outputs.insert(run.step_id.clone(), json!({ "outputs": Value::Null }));
@@ -677,8 +846,12 @@ fn restore_steps(loaded: &LoadedWorkflow, saved: &[StepRun], scope: &mut Value) 
 }
 
 fn restore_item(slot: &mut StepSlot, position: u32, run: &StepRun) {
-    let Some(items) = slot.items.as_mut() else { return };
-    let Some(item) = items.get_mut(position as usize) else { return };
+    let Some(items) = slot.items.as_mut() else {
+        return;
+    };
+    let Some(item) = items.get_mut(position as usize) else {
+        return;
+    };
     item.slot = Slot::restore(run);
     item.attempts = run.attempts;
     if run.state == StepState::Completed {

@@ -23,7 +23,11 @@ impl Limits {
             .iter()
             .map(|(name, limit)| (name.clone(), Arc::new(Semaphore::new((*limit).max(1)))))
             .collect();
-        Limits { global: Arc::new(Semaphore::new(global.max(1))), agents, keys: Mutex::new(HashMap::new()) }
+        Limits {
+            global: Arc::new(Semaphore::new(global.max(1))),
+            agents,
+            keys: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Waits for a slot under every limit that applies to this attempt.
@@ -40,7 +44,10 @@ impl Limits {
     }
 
     fn key_semaphore(&self, key: &str, limit: u32) -> Arc<Semaphore> {
-        let mut keys = self.keys.lock().expect("limits lock is never held across a panic");
+        let mut keys = self
+            .keys
+            .lock()
+            .expect("limits lock is never held across a panic");
         // The first attempt with a key fixes its limit; documents that give one key two limits
         // get the first one seen.
         keys.entry(key.to_owned())
@@ -50,5 +57,8 @@ impl Limits {
 }
 
 async fn acquire(semaphore: Arc<Semaphore>) -> OwnedSemaphorePermit {
-    semaphore.acquire_owned().await.expect("limit semaphores are never closed")
+    semaphore
+        .acquire_owned()
+        .await
+        .expect("limit semaphores are never closed")
 }

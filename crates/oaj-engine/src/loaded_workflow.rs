@@ -46,23 +46,39 @@ impl LoadedWorkflow {
         registry: &AgentRegistry,
         http: &reqwest::Client,
     ) -> Result<LoadedWorkflow, String> {
-        let workflow = workflow_parse(document).map_err(|report| format!("stored workflow is invalid: {report}"))?;
+        let workflow = workflow_parse(document)
+            .map_err(|report| format!("stored workflow is invalid: {report}"))?;
         let inline: HashMap<&str, Arc<dyn Agent>> = workflow
             .agents
             .iter()
             .map(|(name, spec)| (name.as_str(), agent_from_spec(spec, None, http)))
             .collect();
         let defaults = workflow.defaults.clone().unwrap_or_default();
-        let actions = workflow.steps.iter().map(|step| step_action(step, &inline, registry)).collect();
+        let actions = workflow
+            .steps
+            .iter()
+            .map(|step| step_action(step, &inline, registry))
+            .collect();
         let policies = workflow
             .steps
             .iter()
             .map(|step| RetryPolicy::resolve(step.retry.as_ref(), defaults.retry.as_ref()))
             .collect();
-        let timeouts = workflow.steps.iter().map(|step| step.timeout.or(defaults.timeout).map(seconds)).collect();
+        let timeouts = workflow
+            .steps
+            .iter()
+            .map(|step| step.timeout.or(defaults.timeout).map(seconds))
+            .collect();
         let job_timeout = defaults.job_timeout.map(seconds);
-        let plan = Plan::new(workflow).map_err(|report| format!("stored workflow is invalid: {report}"))?;
-        Ok(LoadedWorkflow { plan, actions, policies, timeouts, job_timeout })
+        let plan = Plan::new(workflow)
+            .map_err(|report| format!("stored workflow is invalid: {report}"))?;
+        Ok(LoadedWorkflow {
+            plan,
+            actions,
+            policies,
+            timeouts,
+            job_timeout,
+        })
     }
 
     /// Returns the step at `index` of the document.
@@ -71,7 +87,11 @@ impl LoadedWorkflow {
     }
 }
 
-fn step_action(step: &Step, inline: &HashMap<&str, Arc<dyn Agent>>, registry: &AgentRegistry) -> StepAction {
+fn step_action(
+    step: &Step,
+    inline: &HashMap<&str, Arc<dyn Agent>>,
+    registry: &AgentRegistry,
+) -> StepAction {
     if step.component == "approval" {
         return StepAction::Approval;
     }

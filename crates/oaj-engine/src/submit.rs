@@ -59,9 +59,13 @@ pub enum SubmitError {
 impl Engine {
     /// Validates a workflow document and stores it as a version. Returns the parsed workflow and
     /// whether the version is new.
-    pub async fn workflow_register(&self, text: &str) -> Result<(Workflow, WorkflowInserted), SubmitError> {
+    pub async fn workflow_register(
+        &self,
+        text: &str,
+    ) -> Result<(Workflow, WorkflowInserted), SubmitError> {
         let workflow = workflow_parse(text).map_err(SubmitError::WorkflowInvalid)?;
-        let document: Value = serde_json::from_str(text).expect("a document that parsed as a workflow is JSON");
+        let document: Value =
+            serde_json::from_str(text).expect("a document that parsed as a workflow is JSON");
         let record = WorkflowRecord {
             id: workflow.id.clone(),
             version: workflow.version.clone(),
@@ -93,22 +97,31 @@ impl Engine {
 
     async fn job_new(&self, submit: JobSubmit) -> Result<JobNew, SubmitError> {
         let version = submit.workflow_version.as_deref();
-        let record = self.store().workflow_get(&submit.workflow_id, version).await?.ok_or_else(|| {
-            SubmitError::WorkflowNotFound {
+        let record = self
+            .store()
+            .workflow_get(&submit.workflow_id, version)
+            .await?
+            .ok_or_else(|| SubmitError::WorkflowNotFound {
                 id: submit.workflow_id.clone(),
                 version: version.unwrap_or("latest").to_owned(),
-            }
-        })?;
+            })?;
         let workflow = workflow_parse(&record.document).map_err(SubmitError::WorkflowInvalid)?;
         let input = input_check(&workflow, &submit.input).map_err(SubmitError::InputInvalid)?;
-        let default_priority = workflow.defaults.as_ref().and_then(|defaults| defaults.priority);
+        let default_priority = workflow
+            .defaults
+            .as_ref()
+            .and_then(|defaults| defaults.priority);
         Ok(JobNew {
             workflow_id: record.id,
             workflow_version: record.version,
             input,
             priority: submit.priority.or(default_priority).unwrap_or_default(),
             tags: submit.tags,
-            metadata: if submit.metadata.is_null() { Value::Object(Default::default()) } else { submit.metadata },
+            metadata: if submit.metadata.is_null() {
+                Value::Object(Default::default())
+            } else {
+                submit.metadata
+            },
             depends_on: submit.depends_on,
             on_dependency_failure: submit.on_dependency_failure,
             run_at: submit.run_at,

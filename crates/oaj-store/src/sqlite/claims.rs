@@ -14,6 +14,8 @@ use crate::model::{ClaimParams, ClaimedJob, Control, Lease, LeaseExtend, LeaseSt
 
 const SELECT_QUEUED: &str =
     "SELECT id FROM jobs WHERE state = 'queued' ORDER BY claim_key, id LIMIT ?1";
+const SELECT_QUEUED_AMONG: &str = "SELECT id FROM jobs WHERE state = 'queued'
+    AND id IN (SELECT value FROM json_each(?2)) ORDER BY claim_key, id LIMIT ?1";
 const UPDATE_CLAIM: &str = concat!(
     "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_token = lease_token + 1,
     lease_expires_at = ?3, started_at = COALESCE(started_at, ?4), updated_at = ?4,
@@ -31,9 +33,18 @@ pub(crate) fn job_claim(
     params: &ClaimParams,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
     transition(JobState::Queued, Transition::Claim).expect("queued jobs can be claimed");
-    let ids = query_all(tx.conn, SELECT_QUEUED, [params.limit], |row| {
-        Ok(row.get::<_, String>(0)?)
-    })?;
+    let read_id = |row: &rusqlite::Row<'_>| Ok(row.get::<_, String>(0)?);
+    let ids = if params.job_ids.is_empty() {
+        query_all(tx.conn, SELECT_QUEUED, [params.limit], read_id)?
+    } else {
+        let among = serde_json::to_string(&params.job_ids).expect("strings serialize");
+        query_all(
+            tx.conn,
+            SELECT_QUEUED_AMONG,
+            params![params.limit, among],
+            read_id,
+        )?
+    };
     let mut claimed = Vec::with_capacity(ids.len());
     for id in ids {
         claimed.push(claim_one(tx, cache, params, &id)?);

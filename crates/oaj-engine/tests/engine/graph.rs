@@ -1,0 +1,117 @@
+//! Steps run in the order the graph allows: data flows, fan-outs, conditions and skips.
+
+use oaj_core::JobState;
+use oaj_store::StepState;
+use serde_json::json;
+
+use crate::harness::Harness;
+
+#[tokio::test]
+async fn linear_workflow_passes_outputs_along() {
+    let harness = Harness::start().await;
+    let workflow = json!({
+        "id": "linear",
+        "inputs": {"name": {"type": "string"}},
+        "steps": [
+            {"id": "greet", "component": "echo", "inputs": {"text": "hello ${inputs.name}", "n": 2}},
+            {"id": "shout", "component": "transform", "inputs": {"length": "${size(steps.greet.outputs.text)}", "twice": "${steps.greet.outputs.n * 2}"}}
+        ],
+        "outputs": {"result": {"value": "${steps.shout.outputs}"}}
+    });
+    let job_id = harness.submit(&workflow, json!({"name": "ada"})).await;
+    let job = harness.wait_final(&job_id).await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+    assert_eq!(
+        job.result,
+        Some(json!({"result": {"length": 9, "twice": 4}}))
+    );
+}
+
+#[tokio::test]
+async fn fan_out_gathers_outputs_in_item_order() {
+    let harness = Harness::start().await;
+    let workflow = json!({
+        "id": "fan-out",
+        "steps": [
+            {"id": "each", "component": "sleep", "for_each": {"items": "${inputs.delays}", "concurrency": 2}, "inputs": {"ms": "${item}"}},
+            {"id": "square", "component": "echo", "for_each": "${inputs.delays}", "inputs": {"value": "${item * item}", "index": "${index}"}}
+        ],
+        "inputs": {"delays": {"type": "array"}}
+    });
+    let job_id = harness
+        .submit(&workflow, json!({"delays": [30, 1, 10]}))
+        .await;
+    let job = harness.wait_final(&job_id).await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+    let result = job.result.expect("result");
+    assert_eq!(
+        result["square"],
+        json!([{"value": 900, "index": 0}, {"value": 1, "index": 1}, {"value": 100, "index": 2}])
+    );
+    assert_eq!(
+        result["each"],
+        json!([{"slept_ms": 30}, {"slept_ms": 1}, {"slept_ms": 10}])
+    );
+    let items = harness
+        .steps(&job_id)
+        .await
+        .into_iter()
+        .filter(|run| run.step_id == "each" && run.item.is_some())
+        .count();
+    assert_eq!(items, 3);
+}
+
+#[tokio::test]
+async fn false_condition_skips_step_and_its_dependents() {
+    let harness = Harness::start().await;
+    let workflow = json!({
+        "id": "conditions",
+        "steps": [
+            {"id": "check", "component": "echo", "inputs": {"ok": false}},
+            {"id": "maybe", "component": "echo", "condition": "steps.check.outputs.ok", "inputs": {"x": 1}},
+            {"id": "after", "component": "echo", "depends_on": ["maybe"]},
+            {"id": "always", "component": "echo", "depends_on": ["check"]}
+        ]
+    });
+    let job_id = harness.submit(&workflow, json!({})).await;
+    let job = harness.wait_final(&job_id).await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+    assert_eq!(
+        harness.step(&job_id, "maybe").await.state,
+        StepState::Skipped
+    );
+    assert_eq!(
+        harness.step(&job_id, "after").await.state,
+        StepState::Skipped
+    );
+    assert_eq!(
+        harness.step(&job_id, "always").await.state,
+        StepState::Completed
+    );
+}
+
+#[tokio::test]
+async fn failed_step_fails_job_unless_it_continues() {
+    let harness = Harness::start().await;
+    let workflow = json!({
+        "id": "failures",
+        "steps": [
+            {"id": "optional", "component": "fail", "inputs": {"message": "optional broke", "retryable": false}, "on_failure": "continue"},
+            {"id": "needs_optional", "component": "echo", "depends_on": ["optional"]},
+            {"id": "required", "component": "fail", "inputs": {"message": "required broke", "retryable": false}}
+        ]
+    });
+    let job_id = harness.submit(&workflow, json!({})).await;
+    let job = harness.wait_final(&job_id).await;
+    assert_eq!(job.state, JobState::Failed);
+    let error = job.error.expect("error");
+    assert!(error.contains("required"), "{error}");
+    assert_eq!(
+        harness.step(&job_id, "optional").await.state,
+        StepState::Failed
+    );
+    assert_eq!(
+        harness.step(&job_id, "needs_optional").await.state,
+        StepState::Skipped
+    );
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the engine on real SQLite files, built as one test binary.
+
+mod harness;
+
+mod approval;
+mod control;
+mod graph;
+mod retry;
+mod scheduling;

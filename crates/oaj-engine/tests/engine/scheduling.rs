@@ -1,0 +1,120 @@
+//! Which job runs first: priorities with ageing, dependencies between jobs, and delayed starts.
+
+use oaj_core::{Clock, JobState, Priority, SystemClock};
+use oaj_engine::JobSubmit;
+use oaj_store::JobRef;
+use serde_json::json;
+
+use crate::harness::{test_config, Harness};
+
+fn one_step() -> serde_json::Value {
+    json!({"id": "one-step", "steps": [{"id": "only", "component": "noop"}]})
+}
+
+#[tokio::test]
+async fn higher_priority_jobs_start_first() {
+    let config = oaj_engine::EngineConfig {
+        jobs_max: 1,
+        ..test_config()
+    };
+    let mut harness = Harness::start_with(config, false).await;
+    let mut ids = Vec::new();
+    for priority in [
+        Priority::Low,
+        Priority::Medium,
+        Priority::Critical,
+        Priority::High,
+        Priority::Medium,
+    ] {
+        let submit = JobSubmit {
+            priority: Some(priority),
+            ..JobSubmit::default()
+        };
+        ids.push((priority, harness.submit_with(&one_step(), submit).await));
+    }
+    harness.run();
+    let mut started = Vec::new();
+    for (priority, id) in &ids {
+        let job = harness.wait_final(id).await;
+        started.push((job.started_at.unwrap(), job.id.clone(), *priority));
+    }
+    started.sort();
+    let order: Vec<Priority> = started.iter().map(|(_, _, priority)| *priority).collect();
+    assert_eq!(
+        order,
+        [
+            Priority::Critical,
+            Priority::High,
+            Priority::Medium,
+            Priority::Medium,
+            Priority::Low
+        ]
+    );
+    // FIFO inside a priority: the first medium job submitted starts first.
+    let mediums: Vec<&String> = started
+        .iter()
+        .filter(|(_, _, priority)| *priority == Priority::Medium)
+        .map(|(_, id, _)| id)
+        .collect();
+    assert_eq!(mediums, [&ids[1].1, &ids[4].1]);
+}
+
+#[tokio::test]
+async fn dependent_job_waits_then_runs() {
+    let harness = Harness::start().await;
+    let slow = json!({"id": "slow", "steps": [{"id": "wait", "component": "sleep", "inputs": {"ms": 100}}]});
+    let first = harness.submit(&slow, json!({})).await;
+    let submit = JobSubmit {
+        depends_on: vec![JobRef::Id(first.clone())],
+        ..JobSubmit::default()
+    };
+    let second = harness.submit_with(&one_step(), submit).await;
+    let second_job = harness.wait_final(&second).await;
+    let first_job = harness.wait_final(&first).await;
+    assert_eq!(second_job.state, JobState::Completed);
+    assert!(second_job.started_at.unwrap() >= first_job.finished_at.unwrap());
+}
+
+#[tokio::test]
+async fn failed_dependency_fails_dependents_with_reason() {
+    let harness = Harness::start().await;
+    let failing = json!({"id": "failing", "steps": [{"id": "bad", "component": "fail", "inputs": {"retryable": false}}]});
+    let first = harness.submit(&failing, json!({})).await;
+    let submit = JobSubmit {
+        depends_on: vec![JobRef::Id(first.clone())],
+        ..JobSubmit::default()
+    };
+    let second = harness.submit_with(&one_step(), submit).await;
+    let submit = JobSubmit {
+        depends_on: vec![JobRef::Id(second.clone())],
+        ..JobSubmit::default()
+    };
+    let third = harness.submit_with(&one_step(), submit).await;
+    for id in [&second, &third] {
+        let job = harness.wait_final(id).await;
+        assert_eq!(job.state, JobState::Failed);
+        assert!(job.error.unwrap().contains("dependency"), "job {id}");
+        assert!(
+            job.started_at.is_none(),
+            "a job with a failed dependency never starts"
+        );
+    }
+}
+
+#[tokio::test]
+async fn delayed_job_starts_after_run_at() {
+    let harness = Harness::start().await;
+    let run_at = SystemClock.now_ms() + 300;
+    let submit = JobSubmit {
+        run_at: Some(run_at),
+        ..JobSubmit::default()
+    };
+    let id = harness.submit_with(&one_step(), submit).await;
+    assert_eq!(
+        harness.store().job_get(&id).await.unwrap().unwrap().state,
+        JobState::Pending
+    );
+    let job = harness.wait_final(&id).await;
+    assert_eq!(job.state, JobState::Completed);
+    assert!(job.started_at.unwrap() >= run_at);
+}
