@@ -173,7 +173,9 @@ pub(crate) fn nearest<'a>(
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     let folded = fold(name);
-    let threshold = (name.chars().count() / 3).max(2);
+    let length = name.chars().count();
+    // One edit per three characters, and never a whole name, so that `b` does not suggest `a`.
+    let threshold = (length / 3).max(1).min(length.saturating_sub(1));
     candidates
         .into_iter()
         .map(|candidate| {
