@@ -1,5 +1,4 @@
-//! The `oaj` command line. Exit codes: 0 success, 1 the command ran and found a failure (such as
-//! an invalid document), 2 a usage error or an input that could not be read.
+//! The `oaj` command line. Exit codes are listed in `cmd/exit.rs` and in README.md.
 
 mod cmd;
 
@@ -9,6 +8,12 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cmd::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OAJ_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cmd::run(cli) {
         Ok(code) => code,
         Err(error) => {

@@ -1,6 +1,12 @@
 //! Command-line arguments and the dispatch to each subcommand.
 
+mod common;
+mod exit;
+mod jobs;
+mod progress;
+mod run;
 mod validate;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -9,10 +15,10 @@ use clap::{Parser, Subcommand};
 /// Durable job manager for JSON-defined AI-agent workflows.
 #[derive(Debug, Parser)]
 #[command(name = "oaj", version, about)]
-#[command(
-    after_help = "Exit codes: 0 success, 1 failure found (such as an invalid document), \
-                       2 usage error or unreadable input."
-)]
+#[command(after_help = "Exit codes: 0 success; 1 oaj failed, or `validate` found an invalid document; \
+                       2 usage error or unreadable file; `run` also exits 3 for an invalid workflow or \
+                       input, 4 when the job failed, 5 when it was cancelled, 6 when it was paused or \
+                       left for a worker.")]
 pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,11 +28,34 @@ pub(crate) struct Cli {
 enum Command {
     /// Check workflow documents and report every problem.
     Validate(validate::Args),
+    /// Run one workflow to its end in the embedded store, with live progress.
+    Run(run::RunArgs),
+    /// Run queued jobs, including jobs left by a crashed process, until stopped.
+    Worker(worker::WorkerCommand),
+    /// List, inspect and act on jobs.
+    Jobs(jobs::JobsCommand),
 }
 
 /// Runs the command that `cli` names and returns the process exit code.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(args) => validate::run(&args),
+        Command::Run(args) => or_error(runtime()?.block_on(run::run(args))),
+        Command::Worker(args) => or_error(runtime()?.block_on(worker::run(args))),
+        Command::Jobs(args) => or_error(runtime()?.block_on(jobs::run(args))),
     }
+}
+
+/// Prints the error of a command that works on a database and exits with [`exit::ERROR`]; those
+/// commands report usage problems and bad input themselves.
+fn or_error(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    Ok(result.unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        ExitCode::from(exit::ERROR)
+    }))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    Ok(runtime)
 }
