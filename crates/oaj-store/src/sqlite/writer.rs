@@ -86,10 +86,7 @@ impl Writer {
     {
         let (reply_to, reply) = oneshot::channel();
         let request: Request = Box::new(move |tx: Option<&mut WriteTx<'_>>| {
-            let result = match tx {
-                Some(tx) => Some(op(tx)),
-                None => None,
-            };
+            let result = tx.map(op);
             let is_ok = matches!(result, Some(Ok(_)));
             let send: Reply = Box::new(move |commit: Result<(), &StoreError>| {
                 let outcome = match (commit, result) {
