@@ -138,7 +138,7 @@ async fn parked_job_with_decision_goes_back_to_queue(store: Arc<dyn Store>) {
         now: T0 + 1,
     };
     store.step_update(update).await.unwrap();
-    // The decision arrives while the worker still holds the job.
+    // The decision arrives while the worker still has the lease.
     store
         .approval_decide(decide(&id, Some("review")))
         .await

@@ -213,7 +213,35 @@ async fn job_delete_only_when_ended(store: Arc<dyn Store>) {
     assert!(matches!(error, StoreError::JobNotFound(_)), "{error:?}");
 }
 
+async fn concurrent_failure_keeps_other_writes(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    // Writes sent together may share one transaction, and a failing one must not undo the rest.
+    let inserts = (0..20).map(|index| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut new = job_new(T0);
+            if index % 2 == 1 {
+                new.workflow_version = "9.9.9".to_owned();
+            }
+            store.job_insert_many(vec![new], None).await
+        })
+    });
+    let mut failures = 0;
+    for insert in inserts.collect::<Vec<_>>() {
+        if insert.await.unwrap().is_err() {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 10);
+    assert_eq!(
+        store.job_list(JobFilter::default()).await.unwrap().len(),
+        10
+    );
+    assert_eq!(store.job_counts().await.unwrap()[&JobState::Queued], 10);
+}
+
 crate::sqlite_tests!(
+    concurrent_failure_keeps_other_writes,
     job_insert_then_get,
     job_insert_future_run_at_is_pending,
     job_insert_unknown_workflow_rejected,

@@ -27,7 +27,7 @@ pub fn sqlite_store() -> (Arc<dyn Store>, TempDir) {
     (Arc::new(store), dir)
 }
 
-/// A workflow record with a small document.
+/// Builds a workflow record with a small document.
 pub fn workflow(id: &str, version: &str) -> WorkflowRecord {
     WorkflowRecord {
         id: id.to_owned(),
@@ -37,7 +37,7 @@ pub fn workflow(id: &str, version: &str) -> WorkflowRecord {
     }
 }
 
-/// A job of the suite's workflow, created at `created_at`.
+/// Builds a job of the suite's workflow, created at `created_at`.
 pub fn job_new(created_at: i64) -> JobNew {
     JobNew {
         workflow_id: WORKFLOW_ID.to_owned(),
@@ -55,7 +55,7 @@ pub fn job_new(created_at: i64) -> JobNew {
     }
 }
 
-/// A job that depends on the given jobs.
+/// Builds a job that depends on the given jobs.
 pub fn job_after(created_at: i64, depends_on: Vec<JobRef>) -> JobNew {
     JobNew {
         depends_on,
@@ -112,7 +112,7 @@ pub async fn finish(store: &Arc<dyn Store>, lease: &Lease, outcome: JobOutcome, 
         .expect("the job finish is accepted");
 }
 
-/// The start of the first attempt of step `step_id`.
+/// Builds the start of the first attempt of step `step_id`.
 pub fn attempt_start(lease: &Lease, step_id: &str, now: i64) -> AttemptStart {
     AttemptStart {
         lease: lease.clone(),
@@ -124,7 +124,7 @@ pub fn attempt_start(lease: &Lease, step_id: &str, now: i64) -> AttemptStart {
     }
 }
 
-/// A successful end of attempt `attempt_id` of step `step_id`.
+/// Builds a successful end of attempt `attempt_id` of step `step_id`.
 pub fn attempt_success(lease: &Lease, attempt_id: i64, step_id: &str, now: i64) -> AttemptFinish {
     AttemptFinish {
         lease: lease.clone(),
