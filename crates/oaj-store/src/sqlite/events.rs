@@ -11,7 +11,7 @@ use crate::model::{Event, EventFilter};
 const INSERT_EVENT: &str = "INSERT INTO events (kind, job_id, step_id, item, attempt, data, at)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING seq";
 
-/// Events returned by one list when the filter sets no limit, and the most it may ask for.
+/// Events returned by one list when the filter sets no limit, and the maximum it may request.
 const SELECT_JOB_EVENTS: &str = concat!(
     "SELECT ",
     event_columns!(),

@@ -10,8 +10,8 @@ use super::writer::WriteTx;
 use crate::error::StoreError;
 use crate::model::DependencyFailure;
 
-/// Every move leaves the job without a lease and without a pending user request, because both
-/// exist only while a worker holds the job; claims set them in their own statement.
+// Every move leaves the job without a lease and without a pending user request, because both
+// exist only while a worker has the job. Claims set them in their own statement.
 const UPDATE_MOVE: &str = "UPDATE jobs SET state = ?2, updated_at = ?3, lease_owner = NULL,
     lease_expires_at = NULL, control = NULL, claim_key = COALESCE(?4, claim_key),
     finished_at = ?5, result = ?6, error = ?7, run_at = CASE WHEN ?8 THEN ?9 ELSE run_at END
@@ -153,10 +153,10 @@ pub(crate) fn counts_add(conn: &Connection, state: JobState, delta: i64) -> Resu
     Ok(())
 }
 
-/// What an ended dependency does to one job that waits for it.
+/// The effect of an ended dependency on one job that waits for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DependencyEffect {
-    /// The dependency no longer holds the job back.
+    /// The dependency no longer keeps the job waiting.
     Satisfied,
     /// The job fails because the dependency did not complete.
     FailsDependent,

@@ -32,7 +32,7 @@ const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = ?1";
 
 /// Jobs returned by one list when the filter sets no limit.
 const LIST_LIMIT_DEFAULT: u32 = 100;
-/// The most jobs one list returns, whatever the filter asks.
+/// The maximum number of jobs one list returns, whatever limit the filter requests.
 const LIST_LIMIT_MAX: u32 = 1000;
 
 /// Reads one job.

@@ -1,5 +1,5 @@
 //! Maintenance passes: rescue of expired leases, promotion of pending jobs whose time came, and
-//! retention. Each pass touches at most `batch_size` jobs so that it holds the writer briefly.
+//! retention. Each pass touches at most `batch_size` jobs, so that it keeps the writer briefly.
 
 use oaj_core::{JobState, Transition};
 use rusqlite::params;
@@ -27,7 +27,7 @@ const DELETE_EXPIRED: &str = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs
     WHERE state IN ('completed', 'failed', 'cancelled') AND finished_at < ?1
     ORDER BY finished_at LIMIT ?2) RETURNING state";
 
-/// What happens to a job whose lease expired.
+/// The decision for a job whose lease expired.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum RescueOutcome {
     /// A user asked to cancel it.

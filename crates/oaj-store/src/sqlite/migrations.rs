@@ -45,7 +45,9 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
 
     let applied = usize::try_from(stored).map_err(|_| StoreError::Open {
         path: path.display().to_string(),
-        message: format!("schema_migrations holds the invalid version {stored}"),
+        message: format!(
+            "schema_migrations contains the invalid version {stored}: the file is corrupt"
+        ),
     })?;
     for (version, sql) in (1..).zip(MIGRATIONS).skip(applied) {
         tx.execute_batch(sql).map_err(|e| open_error(path, e))?;

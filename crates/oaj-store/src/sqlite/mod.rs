@@ -137,7 +137,6 @@ impl Store for SqliteStore {
         jobs: Vec<JobNew>,
         batch_id: Option<String>,
     ) -> Result<Vec<String>, StoreError> {
-        job_insert::insert_order(&jobs)?;
         let cache = Arc::clone(&self.workflows);
         self.writer
             .write(move |tx| job_insert::job_insert_many(tx, &cache, &jobs, batch_id.as_deref()))

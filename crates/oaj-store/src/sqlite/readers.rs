@@ -1,5 +1,5 @@
 //! A small pool of read connections. In WAL mode they read the last commit while the writer
-//! works, so reads never wait for writes.
+//! works, so reads do not wait for writes (only for a free connection of the pool).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,5 @@
-//! The writes a worker makes while it holds a job: attempts, step runs and the end of its hold.
-//! Each is fenced: it runs only while the worker's lease is the job's current one.
+//! The writes a worker makes under its lease: attempts, step runs and the end of its lease.
+//! Each is fenced, so it runs only while the worker's lease is the job's current one.
 
 use oaj_core::Transition;
 use rusqlite::params;
@@ -161,7 +161,7 @@ pub(crate) fn step_update(tx: &mut WriteTx<'_>, update: &StepUpdate) -> Result<(
     ))
 }
 
-/// Ends the worker's hold on a job as the outcome says.
+/// Ends the worker's lease on a job and moves the job as `finish.outcome` requests.
 pub(crate) fn job_finish(tx: &mut WriteTx<'_>, finish: &JobFinish) -> Result<(), StoreError> {
     lease_check(tx.conn, &finish.lease)?;
     let job_id = finish.lease.job_id.as_str();

@@ -24,15 +24,14 @@ const BATCH_MAX: usize = 1024;
 /// Requests that may wait for the writer before senders are held back.
 const QUEUE_CAPACITY: usize = 8192;
 
-/// What a request hands back after running: whether it succeeded, and how to reply once the
-/// outcome of the commit is known.
+/// The reply of a request, called once the outcome of the commit is known.
 type Reply = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 
 /// A write request. It runs against the open transaction, or gets `None` when no transaction
 /// could begin, and then only prepares its reply.
 type Request = Box<dyn FnOnce(Option<&mut WriteTx<'_>>) -> (bool, Reply) + Send>;
 
-/// The open transaction as one request sees it: the connection, plus the events and wake-ups to
+/// The open transaction given to one request: the connection, plus the events and wake-ups to
 /// publish if the transaction commits.
 pub(crate) struct WriteTx<'c> {
     /// The write connection, inside the group's transaction and this request's savepoint.
@@ -54,7 +53,7 @@ pub(crate) struct Writer {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Where the writer publishes what each commit did.
+/// The channels that receive the events and wake-ups of each commit.
 pub(crate) struct Publish {
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) notify: Arc<Notify>,
@@ -77,8 +76,8 @@ impl Writer {
     /// Runs `op` in the next write transaction and returns its result once the transaction has
     /// committed. When `op` fails, its changes are rolled back and the others in the group stay.
     ///
-    /// Panics when `op` panics, because that is a broken invariant (such as an illegal state
-    /// move); the writer itself rolls that request back and keeps serving the others.
+    /// Panics when `op` panics, because that is a broken invariant such as an illegal state move.
+    /// The writer rolls that request back and keeps serving the others.
     pub(crate) async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -86,10 +85,7 @@ impl Writer {
     {
         let (reply_to, reply) = oneshot::channel();
         let request: Request = Box::new(move |tx: Option<&mut WriteTx<'_>>| {
-            let result = match tx {
-                Some(tx) => Some(op(tx)),
-                None => None,
-            };
+            let result = tx.map(op);
             let is_ok = matches!(result, Some(Ok(_)));
             let send: Reply = Box::new(move |commit: Result<(), &StoreError>| {
                 let outcome = match (commit, result) {
@@ -97,8 +93,8 @@ impl Writer {
                     (Ok(()), None) => unreachable!("a request that did not run is never committed"),
                     (Err(error), _) => Err(copy_error(error)),
                 };
-                // The caller may have stopped waiting (its task was cancelled); the change is
-                // committed either way, so there is nobody left to tell.
+                // The send fails only when the caller's task was cancelled. The change is committed
+                // either way, so no receiver remains to report it to.
                 let _ = reply_to.send(outcome);
             });
             (is_ok, send)
@@ -198,7 +194,7 @@ fn run_group(conn: &Connection, group: impl Iterator<Item = Request>, publish: &
     publish_events(publish, events, wakes_workers);
 }
 
-/// What a successful request leaves to publish after the commit.
+/// The events and wake-ups of a successful request, published after the commit.
 struct Outcome {
     events: Vec<Event>,
     wakes_workers: bool,
@@ -256,7 +252,7 @@ fn copy_error(error: &StoreError) -> StoreError {
 
 fn publish_events(publish: &Publish, events: Vec<Event>, wakes_workers: bool) {
     for event in events {
-        // An error only means that nobody subscribes right now, which is normal.
+        // The send fails only when there is no subscriber right now, which is normal.
         let _ = publish.events.send(event);
     }
     if wakes_workers {
