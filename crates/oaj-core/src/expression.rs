@@ -21,7 +21,7 @@ use thiserror::Error;
 
 use template::{path_segments, template_parse, Segment, TemplateError};
 
-/// Why an expression or a string with references could not be evaluated.
+/// Failure to evaluate an expression, or to resolve the references in a string.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ExpressionError {
     /// The CEL source does not parse.
@@ -40,7 +40,7 @@ pub enum ExpressionError {
         /// Byte offset of the `${`.
         offset: usize,
     },
-    /// A `${}` holds nothing.
+    /// An empty `${}`.
     #[error("`{text}` holds an empty `${{}}` at byte {offset}; write a reference such as `${{inputs.name}}`")]
     TemplateEmpty {
         /// The whole string.
@@ -63,7 +63,7 @@ pub enum ExpressionError {
     EvaluationFailed {
         /// The source as written.
         expression: String,
-        /// What went wrong.
+        /// The cause.
         message: String,
     },
     /// A condition returned something other than a boolean.
@@ -492,8 +492,8 @@ thread_local! {
 /// with a large stack costs about 0.2 ms in a release build, which dominates when a document has
 /// thousands of expressions.
 ///
-/// Runs `work` on the current thread when no thread can be started; each parse then tries to
-/// start its own and reports an error if that fails too. Propagates a panic of `work`.
+/// Runs `work` on the current thread when no thread can be started. Each parse then tries to
+/// start its own thread, and reports an error if that fails too. Propagates a panic of `work`.
 pub fn with_parser_stack<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     if ON_PARSER_STACK.get() {
         return work();

@@ -140,7 +140,7 @@ fn semantic_check(
     graph::graph_check(workflow, problems);
 }
 
-/// Whether a step may name `component`: a built-in, an inline agent, a registered agent, or
+/// Returns whether a step may name `component`: a built-in, an inline agent, a registered agent, or
 /// `agent.capability` whose agent is one of those.
 fn component_is_known(
     workflow: &Workflow,
@@ -229,7 +229,7 @@ pub(crate) fn pointer(path: &str, token: impl std::fmt::Display) -> String {
     format!("{path}/{token}")
 }
 
-/// Whether `id` is a valid workflow or step id: letters, digits, `-` and `_`.
+/// Returns whether `id` is a valid workflow or step id, made of letters, digits, `-` and `_`.
 pub(crate) fn id_is_valid(id: &str) -> bool {
     !id.is_empty()
         && id
