@@ -13,7 +13,8 @@ pub mod workflow;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use expression::{
-    condition_eval, expression_eval, value_resolve, CompiledExpression, ExpressionError,
+    condition_eval, expression_eval, value_resolve, with_parser_stack, CompiledExpression,
+    ExpressionError,
 };
 pub use job_state::{transition, JobState, Transition, TransitionIllegal};
 pub use plan::{Plan, PlanStep};

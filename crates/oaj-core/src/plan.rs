@@ -201,8 +201,8 @@ pub(crate) struct ConnectionSource {
     pub(crate) legacy: bool,
 }
 
-/// Parses `${steps.a.outputs.o}`, or the older `a.o`, `a` and `{{a.o}}`; `None` when the
-/// source is none of those.
+/// Parses `${steps.a.outputs.o}`, or the older `a.o`, `a` and `{{a.o}}`. Returns `None` for
+/// any other source.
 pub(crate) fn connection_source(source: &str) -> Option<ConnectionSource> {
     let text = source.trim();
     let bare = match template_parse(text).ok()?.as_slice() {

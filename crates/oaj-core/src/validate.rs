@@ -78,6 +78,30 @@ pub fn workflow_parse_validate(text: &str, is_registered: &dyn Fn(&str) -> bool)
 
 /// Validates a parsed document and keeps warnings, such as older reference spellings.
 pub fn workflow_validate(document: &Value, is_registered: &dyn Fn(&str) -> bool) -> Validation {
+    // `is_registered` need not be `Sync`, so it is asked here, before the work moves to the
+    // parser thread, about every component the document names.
+    let registered = components_named(document)
+        .filter(|component| is_registered(component))
+        .map(str::to_owned)
+        .collect::<std::collections::HashSet<String>>();
+    crate::expression::with_parser_stack(|| {
+        document_validate(document, &|component| registered.contains(component))
+    })
+}
+
+/// Lists every step component in the document, and the agent part of `agent.capability`.
+fn components_named(document: &Value) -> impl Iterator<Item = &str> {
+    let steps = document
+        .get("steps")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    steps
+        .filter_map(|step| step.get("component").and_then(Value::as_str))
+        .flat_map(|component| [component, component.split('.').next().unwrap_or(component)])
+}
+
+fn document_validate(document: &Value, is_registered: &dyn Fn(&str) -> bool) -> Validation {
     let mut problems = Vec::new();
     let mut repaired = document.clone();
     let usable = schema::document_check(&mut repaired, &mut problems);
@@ -116,7 +140,7 @@ fn semantic_check(
     graph::graph_check(workflow, problems);
 }
 
-/// Whether a step may name `component`: a built-in, an inline agent, a registered agent, or
+/// Returns whether a step may name `component`: a built-in, an inline agent, a registered agent, or
 /// `agent.capability` whose agent is one of those.
 fn component_is_known(
     workflow: &Workflow,
@@ -205,7 +229,7 @@ pub(crate) fn pointer(path: &str, token: impl std::fmt::Display) -> String {
     format!("{path}/{token}")
 }
 
-/// Whether `id` is a valid workflow or step id: letters, digits, `-` and `_`.
+/// Returns whether `id` is a valid workflow or step id, made of letters, digits, `-` and `_`.
 pub(crate) fn id_is_valid(id: &str) -> bool {
     !id.is_empty()
         && id

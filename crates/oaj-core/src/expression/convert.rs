@@ -39,7 +39,7 @@ fn number_to_cel(number: &Number) -> cel::Value {
     }
 }
 
-/// Converts a CEL value into JSON, or says which part has no JSON form.
+/// Converts a CEL value into JSON, or returns a message naming the part with no JSON form.
 pub(crate) fn cel_to_json(value: &cel::Value) -> Result<Value, String> {
     match value {
         cel::Value::Null => Ok(Value::Null),

@@ -17,7 +17,7 @@ pub(crate) enum Segment {
     },
 }
 
-/// Why a string could not be split into text and references.
+/// Reason a string could not be split into text and references.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum TemplateError {
     /// A `${` with no matching `}`; the offset is in bytes.

@@ -20,7 +20,7 @@ const PATTERN_SIZE_MAX: usize = 1 << 20;
 /// `/inputs/ticket`.
 pub fn input_check(workflow: &Workflow, input: &Value) -> Result<Value, Report> {
     let empty = Map::new();
-    let given = match input {
+    let provided = match input {
         Value::Null => &empty,
         Value::Object(object) => object,
         other => {
@@ -37,7 +37,7 @@ pub fn input_check(workflow: &Workflow, input: &Value) -> Result<Value, Report> 
     };
 
     let mut problems = Vec::new();
-    for name in given
+    for name in provided
         .keys()
         .filter(|name| !workflow.inputs.contains_key(name.as_str()))
     {
@@ -46,7 +46,7 @@ pub fn input_check(workflow: &Workflow, input: &Value) -> Result<Value, Report> 
     let mut resolved = Map::new();
     for (name, parameter) in &workflow.inputs {
         let path = pointer("/inputs", name);
-        match given.get(name).or(parameter.default.as_ref()) {
+        match provided.get(name).or(parameter.default.as_ref()) {
             Some(value) => {
                 value_check(parameter, value, &path, &mut problems);
                 resolved.insert(name.clone(), value.clone());

@@ -13,7 +13,7 @@ pub struct Problem {
     pub path: String,
     /// Id of the step the problem belongs to, if any.
     pub step: Option<String>,
-    /// What is wrong, naming the value.
+    /// Description of the fault, naming the value.
     pub message: String,
     /// How to fix it, when there is a likely fix.
     pub suggestion: Option<String>,
@@ -21,7 +21,7 @@ pub struct Problem {
     pub severity: Severity,
 }
 
-/// How serious a problem is.
+/// Seriousness of a problem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -211,7 +211,7 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether no problem has error severity.
+    /// Returns whether no problem has error severity.
     pub fn is_valid(&self) -> bool {
         self.problems
             .iter()

@@ -11,7 +11,7 @@ use crate::workflow::{ParameterType, Step, Workflow};
 
 use super::{nearest, pointer, Problem, ProblemCode};
 
-/// How the text at a site is read.
+/// The reading of the text at a site.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum SiteKind {
     /// A JSON string whose `${ ... }` parts are references.
@@ -493,7 +493,7 @@ fn references_of(segments: Vec<Segment>) -> Vec<(String, bool)> {
         .collect()
 }
 
-/// Whether `name` is a variable of every scope, so that `{{name.x}}` is not a step reference.
+/// Returns whether `name` is a variable of every scope, so that `{{name.x}}` is not a step reference.
 fn is_scope_root(name: &str) -> bool {
     matches!(name, "inputs" | "steps" | "item" | "index")
 }

@@ -387,7 +387,7 @@ impl Walker<'_> {
     }
 }
 
-/// A usable stand-in for a broken map entry: an untyped parameter, or a command agent.
+/// Builds a usable stand-in for a broken map entry: an untyped parameter, or a command agent.
 fn placeholder(shape: Shape) -> Value {
     match shape {
         Shape::Agent => serde_json::json!({"kind": "command", "command": ["true"]}),

@@ -2,7 +2,7 @@ use serde_json::{json, Value};
 
 use super::*;
 
-/// A small valid workflow: fetch a ticket, classify it, and post the label.
+/// Builds a small valid workflow: fetch a ticket, classify it, and post the label.
 fn document() -> Value {
     json!({
         "id": "triage",

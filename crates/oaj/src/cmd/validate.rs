@@ -160,7 +160,7 @@ fn report_print(report: &FileReport) {
 
 fn step_suffix(problem: &Problem) -> String {
     match &problem.step {
-        // Paths under /steps/ already say which step; elsewhere, such as in connections, name it.
+        // Paths under /steps/ already name the step; elsewhere, such as in connections, name it.
         Some(step) if !problem.path.starts_with("/steps/") => format!(" [step {step}]"),
         _ => String::new(),
     }
