@@ -119,3 +119,37 @@ async fn job_timeout_fails_job_and_stops_attempt() {
     assert_eq!(job.state, JobState::Failed);
     assert!(job.error.unwrap().contains("timed out"));
 }
+
+#[tokio::test]
+async fn shutdown_lets_attempts_finish_and_requeues_job() {
+    let mut harness = Harness::start().await;
+    let workflow = json!({
+        "id": "shutdown",
+        "steps": [
+            {"id": "first", "component": "sleep", "inputs": {"ms": 200}},
+            {"id": "second", "component": "noop", "depends_on": ["first"]}
+        ]
+    });
+    let job_id = harness.submit(&workflow, json!({})).await;
+    harness
+        .wait_for(&job_id, |job| job.state == JobState::Running)
+        .await;
+    harness.stop().await;
+
+    let job = harness.store().job_get(&job_id).await.unwrap().unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Queued,
+        "the job goes back to the queue for another worker"
+    );
+    assert_eq!(
+        harness.step(&job_id, "first").await.state,
+        StepState::Completed
+    );
+    let second_ran = harness
+        .steps(&job_id)
+        .await
+        .iter()
+        .any(|run| run.step_id == "second");
+    assert!(!second_ran, "nothing new starts during shutdown");
+}

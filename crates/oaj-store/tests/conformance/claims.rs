@@ -52,6 +52,22 @@ async fn claim_ages_old_low_jobs(store: Arc<dyn Store>) {
     assert_eq!(order, [old_low.as_str(), new_critical.as_str()]);
 }
 
+async fn claim_limited_to_job_ids(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let _first = insert(&store, with_priority(Priority::Critical, T0)).await;
+    let wanted = insert(&store, job_new(T0 + 1)).await;
+    let params = oaj_store::ClaimParams {
+        worker_id: "worker-1".to_owned(),
+        limit: 10,
+        now: T0 + 2,
+        lease_ms: LEASE_MS,
+        job_ids: vec![wanted.clone(), "no-such-job".to_owned()],
+    };
+    let claimed = store.job_claim(params).await.expect("the claim succeeds");
+    let ids: Vec<&str> = claimed.iter().map(|c| c.job.id.as_str()).collect();
+    assert_eq!(ids, [wanted.as_str()]);
+}
+
 async fn claim_sets_lease_and_returns_workflow(store: Arc<dyn Store>) {
     workflow_setup(&store).await;
     let id = insert(&store, job_new(T0)).await;
@@ -119,4 +135,5 @@ crate::sqlite_tests!(
     claim_sets_lease_and_returns_workflow,
     claim_skips_pending_jobs,
     claim_never_returns_job_twice,
+    claim_limited_to_job_ids,
 );

@@ -88,6 +88,7 @@ pub async fn claim(store: &Arc<dyn Store>, worker: &str, limit: u32, now: i64) -
             limit,
             now,
             lease_ms: LEASE_MS,
+            job_ids: Vec::new(),
         })
         .await
         .expect("the claim succeeds")

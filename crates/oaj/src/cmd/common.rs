@@ -30,12 +30,19 @@ impl DbArgs {
         let data_home = match std::env::var_os("XDG_DATA_HOME").filter(|value| !value.is_empty()) {
             Some(dir) => PathBuf::from(dir),
             None => {
-                let home = std::env::var_os("HOME").context("neither --db, OAJ_DB, XDG_DATA_HOME nor HOME is set: pass --db PATH")?;
+                let home = std::env::var_os("HOME").context(
+                    "neither --db, OAJ_DB, XDG_DATA_HOME nor HOME is set: pass --db PATH",
+                )?;
                 PathBuf::from(home).join(".local/share")
             }
         };
         let dir = data_home.join("oaj");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the data folder {}: pass --db PATH", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "cannot create the data folder {}: pass --db PATH",
+                dir.display()
+            )
+        })?;
         Ok(dir.join("oaj.db"))
     }
 
@@ -82,34 +89,57 @@ impl WorkerArgs {
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
-    let value: f64 = text.parse().map_err(|_| format!("invalid number of seconds {text:?}"))?;
-    if value.is_finite() && value >= 0.1 && value <= 86_400.0 {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("invalid number of seconds {text:?}"))?;
+    if (0.1..=86_400.0).contains(&value) {
         Ok(value)
     } else {
-        Err(format!("{text} is out of range: expected seconds between 0.1 and 86400"))
+        Err(format!(
+            "{text} is out of range: expected seconds between 0.1 and 86400"
+        ))
     }
 }
 
 fn agent_limit(text: &str) -> Result<(String, usize), String> {
-    let (name, limit) = text.split_once('=').ok_or_else(|| format!("invalid agent limit {text:?}: expected NAME=N, such as classify=4"))?;
-    let limit: usize = limit.parse().map_err(|_| format!("invalid agent limit {text:?}: N must be a whole number"))?;
+    let (name, limit) = text.split_once('=').ok_or_else(|| {
+        format!("invalid agent limit {text:?}: expected NAME=N, such as classify=4")
+    })?;
+    let limit: usize = limit
+        .parse()
+        .map_err(|_| format!("invalid agent limit {text:?}: N must be a whole number"))?;
     if name.is_empty() || limit == 0 {
-        return Err(format!("invalid agent limit {text:?}: expected a name and a limit of at least 1"));
+        return Err(format!(
+            "invalid agent limit {text:?}: expected a name and a limit of at least 1"
+        ));
     }
     Ok((name.to_owned(), limit))
 }
 
 /// Builds an engine over `store` with the built-in agents.
 pub fn engine(store: Arc<dyn Store>, config: EngineConfig) -> Engine {
-    Engine::new(store, AgentRegistry::with_builtins(), Arc::new(SystemClock), config)
+    Engine::new(
+        store,
+        AgentRegistry::with_builtins(),
+        Arc::new(SystemClock),
+        config,
+    )
 }
 
 /// Parses a `--input` value: JSON text, or `@FILE` for a file's contents.
 pub fn input_value(text: Option<&str>) -> anyhow::Result<serde_json::Value> {
-    let Some(text) = text else { return Ok(serde_json::Value::Object(Default::default())) };
+    let Some(text) = text else {
+        return Ok(serde_json::Value::Object(Default::default()));
+    };
     let (source, content) = match text.strip_prefix('@') {
-        Some(path) => (path.to_owned(), std::fs::read_to_string(path).with_context(|| format!("cannot read input file {path}"))?),
+        Some(path) => (
+            path.to_owned(),
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read input file {path}"))?,
+        ),
         None => ("--input".to_owned(), text.to_owned()),
     };
-    serde_json::from_str(&content).with_context(|| format!("invalid JSON in {source}: pass a JSON object such as '{{\"name\": \"value\"}}'"))
+    serde_json::from_str(&content).with_context(|| {
+        format!("invalid JSON in {source}: pass a JSON object such as '{{\"name\": \"value\"}}'")
+    })
 }

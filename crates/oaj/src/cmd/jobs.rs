@@ -106,30 +106,64 @@ pub async fn run(args: JobsCommand) -> anyhow::Result<ExitCode> {
     let store = args.db.open()?;
     let now = SystemClock.now_ms();
     match args.action {
-        JobsAction::List { state, workflow, limit, before } => {
-            let filter = JobFilter { states: state, workflow_id: workflow, before_id: before, limit, ..JobFilter::default() };
+        JobsAction::List {
+            state,
+            workflow,
+            limit,
+            before,
+        } => {
+            let filter = JobFilter {
+                states: state,
+                workflow_id: workflow,
+                before_id: before,
+                limit,
+                ..JobFilter::default()
+            };
             let jobs = store.job_list(filter).await?;
             print_jobs(&jobs, args.json)?;
         }
         JobsAction::Show { id } => show(store.as_ref(), &id, args.json).await?,
         JobsAction::Events { id, after } => {
             found(store.as_ref(), &id).await?;
-            let events = store.event_list(EventFilter { job_id: Some(id), after_seq: after, limit: 100_000 }).await?;
+            let events = store
+                .event_list(EventFilter {
+                    job_id: Some(id),
+                    after_seq: after,
+                    limit: 100_000,
+                })
+                .await?;
             for event in events {
                 if args.json {
                     println!("{}", serde_json::to_string(&event)?);
                 } else {
-                    let data = if event.data.as_object().is_some_and(|map| map.is_empty()) { String::new() } else { event.data.to_string() };
-                    let step = event.step_id.map_or(String::new(), |step| format!(" {step}"));
+                    let data = if event.data.as_object().is_some_and(|map| map.is_empty()) {
+                        String::new()
+                    } else {
+                        event.data.to_string()
+                    };
+                    let step = event
+                        .step_id
+                        .map_or(String::new(), |step| format!(" {step}"));
                     let item = event.item.map_or(String::new(), |item| format!("[{item}]"));
-                    println!("{:>6} {} {}{step}{item} {data}", event.seq, event.at, event.kind);
+                    println!(
+                        "{:>6} {} {}{step}{item} {data}",
+                        event.seq, event.at, event.kind
+                    );
                 }
             }
         }
-        JobsAction::Cancel { id } => act(store.as_ref(), &id, JobAction::Cancel, now, args.json).await?,
-        JobsAction::Pause { id } => act(store.as_ref(), &id, JobAction::Pause, now, args.json).await?,
-        JobsAction::Resume { id } => act(store.as_ref(), &id, JobAction::Resume, now, args.json).await?,
-        JobsAction::Retry { id } => act(store.as_ref(), &id, JobAction::Retry, now, args.json).await?,
+        JobsAction::Cancel { id } => {
+            act(store.as_ref(), &id, JobAction::Cancel, now, args.json).await?
+        }
+        JobsAction::Pause { id } => {
+            act(store.as_ref(), &id, JobAction::Pause, now, args.json).await?
+        }
+        JobsAction::Resume { id } => {
+            act(store.as_ref(), &id, JobAction::Resume, now, args.json).await?
+        }
+        JobsAction::Retry { id } => {
+            act(store.as_ref(), &id, JobAction::Retry, now, args.json).await?
+        }
         JobsAction::Approve(decision) => decide(store.as_ref(), decision, true, now).await?,
         JobsAction::Reject(decision) => decide(store.as_ref(), decision, false, now).await?,
         JobsAction::Delete { id } => {
@@ -141,29 +175,55 @@ pub async fn run(args: JobsCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn found(store: &dyn Store, id: &str) -> anyhow::Result<Job> {
-    store.job_get(id).await?.with_context(|| format!("job {id} not found: list jobs with `oaj jobs list`"))
+    store
+        .job_get(id)
+        .await?
+        .with_context(|| format!("job {id} not found: list jobs with `oaj jobs list`"))
 }
 
-async fn act(store: &dyn Store, id: &str, action: JobAction, now: i64, json: bool) -> anyhow::Result<()> {
+async fn act(
+    store: &dyn Store,
+    id: &str,
+    action: JobAction,
+    now: i64,
+    json: bool,
+) -> anyhow::Result<()> {
     let job = store.job_action(id, action, now).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&job)?);
     } else if job.control.is_some() {
-        println!("job {id} is running: {:?} requested from its worker", action);
+        println!(
+            "job {id} is running: {:?} requested from its worker",
+            action
+        );
     } else {
         println!("job {id} is now {}", job.state);
     }
     Ok(())
 }
 
-async fn decide(store: &dyn Store, decision: Decision, approved: bool, now: i64) -> anyhow::Result<()> {
+async fn decide(
+    store: &dyn Store,
+    decision: Decision,
+    approved: bool,
+    now: i64,
+) -> anyhow::Result<()> {
     let decide = ApprovalDecide {
         job_id: decision.id.clone(),
         step_id: decision.step,
-        decision: ApprovalDecision { approved, by: decision.by, comment: decision.comment, at: now },
+        decision: ApprovalDecision {
+            approved,
+            by: decision.by,
+            comment: decision.comment,
+            at: now,
+        },
     };
     store.approval_decide(decide).await?;
-    println!("job {}: {}", decision.id, if approved { "approved" } else { "rejected" });
+    println!(
+        "job {}: {}",
+        decision.id,
+        if approved { "approved" } else { "rejected" }
+    );
     Ok(())
 }
 
@@ -172,7 +232,12 @@ async fn show(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<()> {
     let steps = store.step_run_list(id).await?;
     let attempts = store.attempt_list(id).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "job": job, "steps": steps, "attempts": attempts }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "job": job, "steps": steps, "attempts": attempts })
+            )?
+        );
         return Ok(());
     }
     println!("job       {}", job.id);
@@ -183,13 +248,22 @@ async fn show(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<()> {
         println!("error     {error}");
     }
     if job.prompt_tokens + job.completion_tokens > 0 {
-        println!("tokens    {} prompt, {} completion", job.prompt_tokens, job.completion_tokens);
+        println!(
+            "tokens    {} prompt, {} completion",
+            job.prompt_tokens, job.completion_tokens
+        );
     }
     println!("steps:");
     for step in &steps {
         let item = step.item.map_or(String::new(), |item| format!("[{item}]"));
-        let error = step.error.as_deref().map_or(String::new(), |error| format!("  {error}"));
-        println!("  {}{item:<6} {:<10} attempts {}{error}", step.step_id, step.state, step.attempts);
+        let error = step
+            .error
+            .as_deref()
+            .map_or(String::new(), |error| format!("  {error}"));
+        println!(
+            "  {}{item:<6} {:<10} attempts {}{error}",
+            step.step_id, step.state, step.attempts
+        );
     }
     println!("attempts: {}", attempts.len());
     Ok(())
@@ -202,7 +276,10 @@ fn print_jobs(jobs: &[Job], json: bool) -> anyhow::Result<()> {
     }
     println!("{:<36}  {:<10}  {:<8}  workflow", "id", "state", "priority");
     for job in jobs {
-        println!("{:<36}  {:<10}  {:<8}  {} {}", job.id, job.state, job.priority, job.workflow_id, job.workflow_version);
+        println!(
+            "{:<36}  {:<10}  {:<8}  {} {}",
+            job.id, job.state, job.priority, job.workflow_id, job.workflow_version
+        );
     }
     Ok(())
 }

@@ -15,10 +15,12 @@ use clap::{Parser, Subcommand};
 /// Durable job manager for JSON-defined AI-agent workflows.
 #[derive(Debug, Parser)]
 #[command(name = "oaj", version, about)]
-#[command(after_help = "Exit codes: 0 success; 1 oaj failed, or `validate` found an invalid document; \
+#[command(
+    after_help = "Exit codes: 0 success; 1 oaj failed, or `validate` found an invalid document; \
                        2 usage error or unreadable file; `run` also exits 3 for an invalid workflow or \
                        input, 4 when the job failed, 5 when it was cancelled, 6 when it was paused or \
-                       left for a worker.")]
+                       left for a worker."
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,6 +58,8 @@ fn or_error(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     Ok(runtime)
 }

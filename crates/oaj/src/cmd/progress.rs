@@ -57,17 +57,29 @@ impl Progress {
             self.job_state = state.to_owned();
             return;
         }
-        let Some(step_id) = &event.step_id else { return };
+        let Some(step_id) = &event.step_id else {
+            return;
+        };
         let step = self.steps.entry(step_id.clone()).or_default();
-        let step_state = event.data.get("step_state").and_then(|value| value.as_str());
+        let step_state = event
+            .data
+            .get("step_state")
+            .and_then(|value| value.as_str());
         match (event.kind.as_str(), event.item) {
             ("step.running", None) => {
                 step.state = "running".to_owned();
-                step.items_total = event.data.get("items_total").and_then(|value| value.as_u64());
+                step.items_total = event
+                    .data
+                    .get("items_total")
+                    .and_then(|value| value.as_u64());
             }
-            (kind, None) if kind.starts_with("step.") => step.state = kind["step.".len()..].to_owned(),
+            (kind, None) if kind.starts_with("step.") => {
+                step.state = kind["step.".len()..].to_owned()
+            }
             ("attempt.started", None) => step.state = "running".to_owned(),
-            (_, None) if step_state.is_some() => step.state = step_state.unwrap_or_default().to_owned(),
+            (_, None) if step_state.is_some() => {
+                step.state = step_state.unwrap_or_default().to_owned()
+            }
             (_, Some(_)) if step_state == Some("completed") => step.items_done += 1,
             (_, Some(_)) if step_state == Some("failed") => step.items_failed += 1,
             _ => {}
@@ -109,7 +121,14 @@ impl Progress {
 }
 
 fn step_line(id: &str, step: &StepProgress) -> String {
-    let mut line = format!("  {id:<24} {:<10}", if step.state.is_empty() { "pending" } else { &step.state });
+    let mut line = format!(
+        "  {id:<24} {:<10}",
+        if step.state.is_empty() {
+            "pending"
+        } else {
+            &step.state
+        }
+    );
     if let Some(total) = step.items_total {
         line.push_str(&format!(" {}/{} items", step.items_done, total));
         if step.items_failed > 0 {
@@ -127,7 +146,10 @@ fn plain_line(event: &Event) -> Option<String> {
     let step = event.step_id.as_deref().unwrap_or("");
     let item = event.item.map_or(String::new(), |item| format!("[{item}]"));
     let error = event.data.get("error").and_then(|value| value.as_str());
-    let step_state = event.data.get("step_state").and_then(|value| value.as_str());
+    let step_state = event
+        .data
+        .get("step_state")
+        .and_then(|value| value.as_str());
     let line = match event.kind.as_str() {
         kind if kind.starts_with("job.") => match error {
             Some(error) => format!("job {}: {error}", &kind[4..]),
@@ -137,7 +159,9 @@ fn plain_line(event: &Event) -> Option<String> {
             Some(error) => format!("step {step} {}: {error}", &kind[5..]),
             None => format!("step {step} {}", &kind[5..]),
         },
-        "attempt.started" if event.item.is_none() => format!("step {step} attempt {} started", event.attempt.unwrap_or(0)),
+        "attempt.started" if event.item.is_none() => {
+            format!("step {step} attempt {} started", event.attempt.unwrap_or(0))
+        }
         "attempt.succeeded" if event.item.is_none() => format!("step {step} completed"),
         "attempt.failed" | "attempt.timed_out" | "attempt.interrupted" => format!(
             "step {step}{item} attempt {} {}: {} ({})",

@@ -57,7 +57,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let text = match std::fs::read_to_string(&args.workflow) {
         Ok(text) => text,
         Err(error) => {
-            eprintln!("error: cannot read workflow {}: {error}", args.workflow.display());
+            eprintln!(
+                "error: cannot read workflow {}: {error}",
+                args.workflow.display()
+            );
             return Ok(ExitCode::from(exit::USAGE));
         }
     };
@@ -106,7 +109,10 @@ async fn submit(
     match engine.job_submit(submit).await {
         Ok(job_id) => Ok(Ok(job_id)),
         Err(SubmitError::InputInvalid(report)) => {
-            eprintln!("error: invalid input for workflow {}\n{report}", workflow.id);
+            eprintln!(
+                "error: invalid input for workflow {}\n{report}",
+                workflow.id
+            );
             Ok(Err(ExitCode::from(exit::INVALID)))
         }
         Err(error) => Err(error).context("cannot submit the job"),
@@ -157,12 +163,19 @@ async fn interrupt(
     default: OnInterrupt,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<bool> {
-    let choice = if std::io::stdin().is_terminal() { ask_interrupt()? } else { default };
+    let choice = if std::io::stdin().is_terminal() {
+        ask_interrupt()?
+    } else {
+        default
+    };
     match choice {
         OnInterrupt::Cancel => {
             eprintln!("cancelling job {job_id}");
             let now = engine.clock().now_ms();
-            engine.store().job_action(job_id, oaj_store::JobAction::Cancel, now).await?;
+            engine
+                .store()
+                .job_action(job_id, oaj_store::JobAction::Cancel, now)
+                .await?;
             Ok(false)
         }
         OnInterrupt::Leave => {
@@ -178,7 +191,11 @@ fn ask_interrupt() -> anyhow::Result<OnInterrupt> {
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
-    Ok(if answer.trim().eq_ignore_ascii_case("l") { OnInterrupt::Leave } else { OnInterrupt::Cancel })
+    Ok(if answer.trim().eq_ignore_ascii_case("l") {
+        OnInterrupt::Leave
+    } else {
+        OnInterrupt::Cancel
+    })
 }
 
 async fn report(engine: &Engine, job: Job, json: bool) -> anyhow::Result<ExitCode> {
@@ -188,12 +205,19 @@ async fn report(engine: &Engine, job: Job, json: bool) -> anyhow::Result<ExitCod
     let code = match job.state {
         JobState::Completed => {
             if !json {
-                println!("{}", serde_json::to_string_pretty(&job.result.unwrap_or_default())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&job.result.unwrap_or_default())?
+                );
             }
             exit::COMPLETED
         }
         JobState::Failed => {
-            eprintln!("job {} failed: {}", job.id, job.error.as_deref().unwrap_or("no reason recorded"));
+            eprintln!(
+                "job {} failed: {}",
+                job.id,
+                job.error.as_deref().unwrap_or("no reason recorded")
+            );
             exit::FAILED
         }
         JobState::Cancelled => {
@@ -201,11 +225,17 @@ async fn report(engine: &Engine, job: Job, json: bool) -> anyhow::Result<ExitCod
             exit::CANCELLED
         }
         JobState::Paused => {
-            eprintln!("job {} is paused: resume it with `oaj jobs resume {}`", job.id, job.id);
+            eprintln!(
+                "job {} is paused: resume it with `oaj jobs resume {}`",
+                job.id, job.id
+            );
             exit::NOT_FINISHED
         }
         _ => {
-            eprintln!("job {} is {} and left for a worker: run `oaj worker` to finish it", job.id, job.state);
+            eprintln!(
+                "job {} is {} and left for a worker: run `oaj worker` to finish it",
+                job.id, job.state
+            );
             exit::NOT_FINISHED
         }
     };
