@@ -41,14 +41,18 @@ impl Harness {
 
     /// Starts an engine with `config`; with `running` false the engine is built but not started.
     pub async fn start_with(config: EngineConfig, running: bool) -> Harness {
+        Harness::start_with_registry(config, AgentRegistry::with_builtins(), running).await
+    }
+
+    /// Starts an engine with `config` and the agents of `registry`.
+    pub async fn start_with_registry(
+        config: EngineConfig,
+        registry: AgentRegistry,
+        running: bool,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("temporary folder");
         let store = SqliteStore::open(&dir.path().join("oaj.db")).expect("open store");
-        let engine = Engine::new(
-            Arc::new(store),
-            AgentRegistry::with_builtins(),
-            Arc::new(SystemClock),
-            config,
-        );
+        let engine = Engine::new(Arc::new(store), registry, Arc::new(SystemClock), config);
         let mut harness = Harness {
             engine,
             dir,
