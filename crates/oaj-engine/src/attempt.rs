@@ -8,7 +8,7 @@ use oaj_core::{RetryDecision, RetryPolicy};
 use oaj_store::{AttemptFinish, AttemptStart, AttemptState, Lease, StepState, StoreError};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, warn};
 
 use crate::agent::{Agent, AgentCall, AgentError, AgentOutput};
 use crate::engine::Shared;
@@ -111,7 +111,10 @@ async fn call_agent(shared: &Shared, plan: &AttemptPlan) -> CallResult {
         cancel: cancel.clone(),
     };
     let agent = plan.agent.clone();
-    let call_future = agent.call(call);
+    // The call runs in a task of its own, so that an agent that panics fails its attempt
+    // instead of the job runner; the guard aborts the task if the attempt is abandoned.
+    let task = AbortOnDrop(tokio::spawn(async move { agent.call(call).await }));
+    let call_future = join_call(task, plan.agent_name.clone());
     tokio::pin!(call_future);
     let timeout = plan.timeout.unwrap_or(Duration::MAX);
     // Biased so that a cancel wins over the agent's own "cancelled" error when both are ready:
@@ -134,6 +137,42 @@ async fn call_agent(shared: &Shared, plan: &AttemptPlan) -> CallResult {
         CallResult::TimedOut(timeout)
     } else {
         CallResult::Cancelled
+    }
+}
+
+/// Aborts a spawned agent call when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<AgentOutput, AgentError>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn join_call(mut task: AbortOnDrop, agent_name: String) -> Result<AgentOutput, AgentError> {
+    match (&mut task.0).await {
+        Ok(result) => result,
+        Err(error) if error.is_panic() => {
+            warn!(agent = %agent_name, "agent panicked");
+            Err(AgentError::permanent(format!(
+                "agent {agent_name:?} panicked: {}",
+                panic_message(error)
+            )))
+        }
+        Err(_) => Err(AgentError::retryable(format!(
+            "agent {agent_name:?} call was aborted"
+        ))),
+    }
+}
+
+fn panic_message(error: tokio::task::JoinError) -> String {
+    let payload = error.into_panic();
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "no message".to_owned()
     }
 }
 

@@ -205,8 +205,10 @@ impl Engine {
         );
         let runner = JobRunner::new(shared.clone(), claimed, loaded, receiver);
         runners.spawn(async move {
+            // Dropped even if the runner panics, so the heartbeat stops renewing the lease and
+            // maintenance rescues the job instead of it staying running forever.
+            let _held = HeldGuard { shared, job_id };
             runner.run().await;
-            shared.held_remove(&job_id);
         });
     }
 }
@@ -257,7 +259,12 @@ impl Shared {
     }
 
     fn held_remove(&self, job_id: &str) {
-        self.held.lock().expect("held jobs lock").remove(job_id);
+        // Called from a drop guard during unwinding too, where a second panic would abort.
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.remove(job_id);
     }
 
     fn held_leases(&self) -> Vec<Lease> {
@@ -279,6 +286,18 @@ impl Shared {
         if let Some(held) = self.held.lock().expect("held jobs lock").get(job_id) {
             raise(&held.signal, signal);
         }
+    }
+}
+
+/// Removes a job from the held jobs when its runner ends.
+struct HeldGuard {
+    shared: Arc<Shared>,
+    job_id: String,
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.shared.held_remove(&self.job_id);
     }
 }
 
