@@ -126,6 +126,9 @@ async fn drive(engine: &Engine, job_id: &str, args: &RunArgs) -> anyhow::Result<
         let shutdown = shutdown.clone();
         async move { engine.run(shutdown).await }
     });
+    if !args.quiet {
+        eprintln!("job {job_id} submitted");
+    }
     let mut progress = Progress::new(job_id, !args.quiet, std::io::stderr().is_terminal());
     let mut events = engine.store().event_subscribe();
     let mut poll = tokio::time::interval(Duration::from_millis(250));
@@ -153,7 +156,7 @@ async fn drive(engine: &Engine, job_id: &str, args: &RunArgs) -> anyhow::Result<
     shutdown.cancel();
     worker.await.context("the worker task failed")?;
     progress.finish();
-    report(engine, job, args.json).await
+    report(job, args.json)
 }
 
 /// Acts on Ctrl-C; returns whether `oaj run` should stop waiting.
@@ -198,7 +201,7 @@ fn ask_interrupt() -> anyhow::Result<OnInterrupt> {
     })
 }
 
-async fn report(engine: &Engine, job: Job, json: bool) -> anyhow::Result<ExitCode> {
+fn report(job: Job, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&job)?);
     }
@@ -239,6 +242,5 @@ async fn report(engine: &Engine, job: Job, json: bool) -> anyhow::Result<ExitCod
             exit::NOT_FINISHED
         }
     };
-    let _ = engine;
     Ok(ExitCode::from(code))
 }
