@@ -77,7 +77,8 @@ pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> Attem
     };
     debug!("attempt started");
     let result = call_agent(&shared, &plan).await;
-    drop(permits);
+    // The end time is read before the slot is freed, so that recorded attempts under one limit
+    // never appear to overlap.
     let finish = attempt_finish(
         &plan,
         attempt_id,
@@ -85,6 +86,7 @@ pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> Attem
         shared.clock.now_ms(),
         rand::random(),
     );
+    drop(permits);
     let outcome = outcome_of(&finish);
     match shared.store.attempt_finish(finish).await {
         Ok(()) => outcome,

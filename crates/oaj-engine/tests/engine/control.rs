@@ -49,7 +49,7 @@ async fn pause_keeps_finished_steps_and_resume_continues() {
     });
     let job_id = harness.submit(&workflow, json!({})).await;
     harness
-        .wait_for(&job_id, |_| lines(&log) == ["first"])
+        .wait_step_state(&job_id, "second", StepState::Running)
         .await;
     harness
         .store()
@@ -132,7 +132,7 @@ async fn shutdown_lets_attempts_finish_and_requeues_job() {
     });
     let job_id = harness.submit(&workflow, json!({})).await;
     harness
-        .wait_for(&job_id, |job| job.state == JobState::Running)
+        .wait_step_state(&job_id, "first", StepState::Running)
         .await;
     harness.stop().await;
 
