@@ -103,6 +103,7 @@ impl From<StoreError> for ApiError {
             StoreError::WorkflowExistsWithDifferentDocument { .. } => {
                 (S::CONFLICT, "workflow_version_exists")
             }
+            StoreError::WorkflowInUse { .. } => (S::CONFLICT, "workflow_in_use"),
             StoreError::WorkflowVersionInvalid { .. } => {
                 (S::UNPROCESSABLE_ENTITY, "workflow_version_invalid")
             }

@@ -245,18 +245,19 @@ pub(crate) async fn list(
 
 pub(crate) fn job_query_parse(query: ListQuery) -> Result<JobQuery, ApiError> {
     let limit = page_limit(query.limit, 100)?;
-    let sort =
-        match query.sort.as_deref() {
-            None | Some("created_desc") => JobSort::CreatedDesc,
-            Some("created_asc") => JobSort::CreatedAsc,
-            Some("priority_desc") => JobSort::PriorityDesc,
-            Some(other) => return Err(ApiError::query(
+    let sort = match query.sort.as_deref() {
+        None | Some("created_desc") => JobSort::CreatedDesc,
+        Some("created_asc") => JobSort::CreatedAsc,
+        Some("priority_desc") => JobSort::PriorityDesc,
+        Some(other) => {
+            return Err(ApiError::query(
                 "sort",
                 format!(
                     "invalid sort {other:?}: expected created_desc, created_asc or priority_desc"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let states = split_list(query.state.as_deref())
         .map(|text| {
             text.parse::<JobState>()

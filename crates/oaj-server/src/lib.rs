@@ -103,9 +103,10 @@ pub fn router(engine: Engine, config: ServerConfig, shutdown: CancellationToken)
         .merge(protected)
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
-        .layer(axum::middleware::map_response(error_shape_for_plain))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(RequestBodyLimitLayer::new(BODY_BYTES_MAX))
+        // Outside the body limit, so that its 413 gets the JSON shape too.
+        .layer(axum::middleware::map_response(error_shape_for_plain))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
