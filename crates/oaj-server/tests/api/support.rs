@@ -164,7 +164,7 @@ async fn decode(response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
-/// A workflow with one echo step that returns its input's name.
+/// Builds a workflow with one echo step that returns its input's name.
 pub fn greet_workflow(version: &str) -> Value {
     json!({
         "id": "greet",
@@ -175,7 +175,7 @@ pub fn greet_workflow(version: &str) -> Value {
     })
 }
 
-/// A workflow with one sleep step of `ms` milliseconds.
+/// Builds a workflow with one sleep step of `ms` milliseconds.
 pub fn nap_workflow(ms: u64) -> Value {
     json!({
         "id": "nap",
