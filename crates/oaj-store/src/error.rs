@@ -32,6 +32,16 @@ pub enum StoreError {
         /// Version.
         version: String,
     },
+    /// A workflow version cannot be deleted because a stored job runs with it.
+    #[error("workflow {id} version {version} is used by job {job_id}: delete its jobs first")]
+    WorkflowInUse {
+        /// Workflow id.
+        id: String,
+        /// Version.
+        version: String,
+        /// One job that uses it.
+        job_id: String,
+    },
     /// A workflow version is not a semantic version (such as `1.2.0`), so versions cannot be
     /// ordered.
     #[error(
