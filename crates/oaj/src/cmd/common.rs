@@ -17,7 +17,8 @@ use oaj_store::Store;
 pub struct DbArgs {
     /// SQLite database file; created if missing. Default: $XDG_DATA_HOME/oaj/oaj.db, or
     /// ~/.local/share/oaj/oaj.db.
-    #[arg(long, env = "OAJ_DB", value_name = "PATH")]
+    // Global so that `oaj jobs list --db PATH` works as well as `oaj jobs --db PATH list`.
+    #[arg(long, env = "OAJ_DB", value_name = "PATH", global = true)]
     pub db: Option<PathBuf>,
 }
 
