@@ -7,7 +7,7 @@ use std::time::Duration;
 use oaj_core::{JobState, SystemClock};
 use oaj_engine::agent::AgentRegistry;
 use oaj_engine::{Engine, EngineConfig, JobSubmit};
-use oaj_store::{Job, SqliteStore, StepRun, Store};
+use oaj_store::{Job, SqliteStore, StepRun, StepState, Store};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -139,6 +139,25 @@ impl Harness {
     /// Waits until the job is in `state`.
     pub async fn wait_state(&self, job_id: &str, state: JobState) -> Job {
         self.wait_for(job_id, |job| job.state == state).await
+    }
+
+    /// Waits until the step run of `step_id` (the step itself, not an item) is in `state`.
+    pub async fn wait_step_state(&self, job_id: &str, step_id: &str, state: StepState) {
+        let wait = async {
+            loop {
+                let runs = self.steps(job_id).await;
+                if runs
+                    .iter()
+                    .any(|run| run.step_id == step_id && run.item.is_none() && run.state == state)
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .expect("step reached the expected state")
     }
 
     /// Returns the job's step runs.
