@@ -244,3 +244,38 @@ fn interrupt_by_default_cancels() {
     assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
     assert_eq!(sandbox.job_state(&id), "cancelled");
 }
+
+#[test]
+fn sigterm_cancels_and_kills_grandchild() {
+    // Regression: SIGTERM ended `oaj run` at once, so the command's processes kept running and
+    // the job stayed `running` until its lease expired.
+    let sandbox = Sandbox::new();
+    let script = grandchild_script(&sandbox, "pid");
+    let workflow = sandbox.write(
+        "workflow.json",
+        &shell_workflow(&[("hang", &script, json!({}))]),
+    );
+    let run = sandbox.spawn(&["run", &workflow]);
+    let grandchild = sandbox.wait_pid("pid");
+    let id = sandbox.only_job_id();
+
+    signal(i64::from(run.id()), "TERM");
+    let output = finish(run, "oaj run to stop after SIGTERM");
+
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    assert_eq!(sandbox.job_state(&id), "cancelled");
+    assert_process_gone(grandchild);
+}
+
+#[test]
+fn sigterm_with_leave_requeues() {
+    let sandbox = Sandbox::new();
+    let (run, id) = run_until_started(&sandbox, &["--on-interrupt", "leave"]);
+
+    signal(i64::from(run.id()), "TERM");
+    std::fs::write(sandbox.path("marker"), "").expect("marker is writable");
+    let output = finish(run, "oaj run to stop after SIGTERM");
+
+    assert_eq!(output.status.code(), Some(6), "{}", stderr(&output));
+    assert_eq!(sandbox.job_state(&id), "queued");
+}
