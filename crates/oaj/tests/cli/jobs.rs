@@ -199,3 +199,25 @@ fn unknown_id_is_not_found() {
         }
     }
 }
+
+#[test]
+fn approve_without_waiting_step_names_job() {
+    // Regression: the message read "step (any) of job ... is not waiting for approval".
+    let sandbox = Sandbox::new();
+    let id = finished_job(&sandbox, 0);
+
+    let output = sandbox.oaj(&["jobs", "approve", &id]);
+
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!("job {id} has no step waiting for approval")),
+        "{text}"
+    );
+    let output = sandbox.oaj(&["jobs", "reject", &id, "--step", "step"]);
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!("step step of job {id} is not waiting")),
+        "{text}"
+    );
+}
