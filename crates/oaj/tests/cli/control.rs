@@ -279,3 +279,24 @@ fn sigterm_with_leave_requeues() {
     assert_eq!(output.status.code(), Some(6), "{}", stderr(&output));
     assert_eq!(sandbox.job_state(&id), "queued");
 }
+
+#[test]
+fn cancel_kills_grandchild_ignoring_sigterm() {
+    // The cancel grace period ends with SIGKILL to the whole process group.
+    let sandbox = Sandbox::new();
+    let script = format!("trap '' TERM; {}", grandchild_script(&sandbox, "pid"));
+    let workflow = sandbox.write(
+        "workflow.json",
+        &shell_workflow(&[("stubborn", &script, json!({}))]),
+    );
+    let run = sandbox.spawn(&["run", &workflow]);
+    let grandchild = sandbox.wait_pid("pid");
+    let id = sandbox.only_job_id();
+
+    let cancel = sandbox.oaj(&["jobs", "cancel", &id]);
+
+    assert_eq!(cancel.status.code(), Some(0), "{}", stderr(&cancel));
+    let output = finish(run, "oaj run to end after the cancel");
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    assert_process_gone(grandchild);
+}
