@@ -65,8 +65,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(exit::USAGE));
         }
     };
-    let input = match common::input_value(args.input.as_deref()) {
+    let input = match args.input.as_deref().map(common::input_text).transpose() {
         Ok(input) => input,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Ok(ExitCode::from(exit::USAGE));
+        }
+    };
+    let input = match input.as_ref().map(common::input_parse).transpose() {
+        Ok(input) => input.unwrap_or_else(|| serde_json::Value::Object(Default::default())),
         Err(error) => {
             eprintln!("error: {error:#}");
             return Ok(ExitCode::from(exit::INVALID));

@@ -139,3 +139,50 @@ fn json_flag_prints_job_record() {
     assert_eq!(job["state"], "completed");
     assert_eq!(job["id"], Value::String(sandbox.only_job_id()));
 }
+
+#[test]
+fn unreadable_input_file_exits_two() {
+    // Regression: a missing --input @FILE exited 3 (invalid input) instead of 2 (unreadable).
+    let sandbox = Sandbox::new();
+    let workflow = sandbox.write(
+        "workflow.json",
+        r#"{"id": "w", "steps": [{"id": "a", "component": "noop"}]}"#,
+    );
+    let missing = format!("@{}", sandbox.path("missing.json").display());
+
+    let output = sandbox.oaj(&["run", &workflow, "--input", &missing]);
+
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot read input file"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(sandbox.jobs(), Vec::<Value>::new());
+}
+
+#[test]
+fn input_file_is_read() {
+    let sandbox = Sandbox::new();
+    let workflow = sandbox.write(
+        "workflow.json",
+        r#"{"id": "echo-name", "inputs": {"name": {"type": "string"}},
+            "steps": [{"id": "a", "component": "transform", "inputs": {"name": "${inputs.name}"}}],
+            "outputs": {"name": {"type": "string", "value": "${steps.a.outputs.name}"}}}"#,
+    );
+    let input = sandbox.write("input.json", r#"{"name": "from a file"}"#);
+    let bad = sandbox.write("bad.json", "{oops");
+
+    let output = sandbox.oaj(&["run", &workflow, "--input", &format!("@{input}")]);
+    let invalid = sandbox.oaj(&["run", &workflow, "--input", &format!("@{bad}")]);
+
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let printed: Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    assert_eq!(printed, json!({"name": "from a file"}));
+    assert_eq!(invalid.status.code(), Some(3), "{}", stderr(&invalid));
+    assert!(
+        stderr(&invalid).contains(&format!("invalid JSON in {bad}")),
+        "{}",
+        stderr(&invalid)
+    );
+}
