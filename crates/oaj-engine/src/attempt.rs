@@ -12,6 +12,7 @@ use tracing::{debug, instrument, warn};
 
 use crate::agent::{Agent, AgentCall, AgentError, AgentOutput};
 use crate::engine::Shared;
+use crate::job_runner::Signal;
 
 /// Everything an attempt needs, gathered by the job runner.
 pub(crate) struct AttemptPlan {
@@ -89,7 +90,14 @@ pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> Attem
     drop(permits);
     let outcome = outcome_of(&finish);
     match shared.store.attempt_finish(finish).await {
-        Ok(()) => outcome,
+        Ok(None) => outcome,
+        Ok(Some(control)) => {
+            // The runner reads this signal before it starts anything else, so a pause or cancel
+            // requested while this attempt ran stops the next one without waiting for the
+            // heartbeat that would also deliver it.
+            shared.signal_job(&plan.lease.job_id, Signal::from(control));
+            outcome
+        }
         Err(error) => store_error(error),
     }
 }

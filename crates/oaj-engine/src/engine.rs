@@ -282,7 +282,7 @@ impl Shared {
         }
     }
 
-    fn signal_job(&self, job_id: &str, signal: Signal) {
+    pub(crate) fn signal_job(&self, job_id: &str, signal: Signal) {
         if let Some(held) = self.held.lock().expect("held jobs lock").get(job_id) {
             raise(&held.signal, signal);
         }
@@ -355,11 +355,7 @@ fn apply_lease_statuses(shared: &Shared, statuses: Vec<LeaseStatus>) {
                 job_id,
                 control: Some(control),
             } => {
-                let signal = match control {
-                    oaj_store::Control::Cancel => Signal::Cancel,
-                    oaj_store::Control::Pause => Signal::Pause,
-                };
-                shared.signal_job(&job_id, signal);
+                shared.signal_job(&job_id, Signal::from(control));
             }
             LeaseStatus::Held { .. } => {}
             LeaseStatus::Lost { job_id } => {

@@ -105,7 +105,9 @@ pub trait Store: Send + Sync + 'static {
     async fn attempt_start(&self, start: AttemptStart) -> Result<i64, StoreError>;
 
     /// Records the end of an attempt and the new state of its step run. Fenced by the lease.
-    async fn attempt_finish(&self, finish: AttemptFinish) -> Result<(), StoreError>;
+    /// Returns the request (cancel or pause) pending on the job, so that the worker honours it
+    /// before it starts another attempt instead of waiting for its next lease renewal.
+    async fn attempt_finish(&self, finish: AttemptFinish) -> Result<Option<Control>, StoreError>;
 
     /// Changes a step run without an attempt (skip, fan-out start, gather, approval wait).
     /// Fenced by the lease.

@@ -245,7 +245,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn attempt_finish(&self, finish: AttemptFinish) -> Result<(), StoreError> {
+    async fn attempt_finish(&self, finish: AttemptFinish) -> Result<Option<Control>, StoreError> {
         self.writer
             .write(move |tx| worker_writes::attempt_finish(tx, &finish))
             .await

@@ -10,6 +10,7 @@ use clap::Args;
 use oaj_core::{JobState, Priority};
 use oaj_engine::{Engine, JobSubmit, SubmitError};
 use oaj_store::Job;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, DbArgs, WorkerArgs};
@@ -27,8 +28,8 @@ pub struct RunArgs {
     /// Job priority: low, medium, high or critical.
     #[arg(long)]
     pub priority: Option<Priority>,
-    /// What Ctrl-C does when standard input is not a terminal: cancel the job, or leave it queued
-    /// for `oaj worker`. On a terminal, oaj asks.
+    /// What Ctrl-C does when standard input is not a terminal, and what SIGTERM always does:
+    /// cancel the job, or leave it queued for `oaj worker`. On a terminal, Ctrl-C asks.
     #[arg(long, value_enum, default_value_t = OnInterrupt::Cancel)]
     pub on_interrupt: OnInterrupt,
     /// Print the whole job record as JSON on stdout instead of only its output.
@@ -64,8 +65,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(exit::USAGE));
         }
     };
-    let input = match common::input_value(args.input.as_deref()) {
+    let input = match args.input.as_deref().map(common::input_text).transpose() {
         Ok(input) => input,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Ok(ExitCode::from(exit::USAGE));
+        }
+    };
+    let input = match input.as_ref().map(common::input_parse).transpose() {
+        Ok(input) => input.unwrap_or_else(|| serde_json::Value::Object(Default::default())),
         Err(error) => {
             eprintln!("error: {error:#}");
             return Ok(ExitCode::from(exit::INVALID));
@@ -132,6 +140,9 @@ async fn drive(engine: &Engine, job_id: &str, args: &RunArgs) -> anyhow::Result<
     let mut progress = Progress::new(job_id, !args.quiet, std::io::stderr().is_terminal());
     let mut events = engine.store().event_subscribe();
     let mut poll = tokio::time::interval(Duration::from_millis(250));
+    // Without a handler SIGTERM would end the process at once and leave the agents' processes
+    // running while the job waits for its lease to expire.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let job = loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -147,6 +158,16 @@ async fn drive(engine: &Engine, job_id: &str, args: &RunArgs) -> anyhow::Result<
                 }
             }
             _ = tokio::signal::ctrl_c() => {
+                let choice = if std::io::stdin().is_terminal() {
+                    ask_interrupt()?
+                } else {
+                    args.on_interrupt
+                };
+                if interrupt(engine, job_id, choice, &shutdown).await? {
+                    break engine.store().job_get(job_id).await?.context("the job disappeared from the store")?;
+                }
+            }
+            _ = terminate.recv() => {
                 if interrupt(engine, job_id, args.on_interrupt, &shutdown).await? {
                     break engine.store().job_get(job_id).await?.context("the job disappeared from the store")?;
                 }
@@ -159,18 +180,13 @@ async fn drive(engine: &Engine, job_id: &str, args: &RunArgs) -> anyhow::Result<
     report(job, args.json)
 }
 
-/// Acts on Ctrl-C; returns whether `oaj run` should stop waiting.
+/// Acts on Ctrl-C or SIGTERM; returns whether `oaj run` should stop waiting.
 async fn interrupt(
     engine: &Engine,
     job_id: &str,
-    default: OnInterrupt,
+    choice: OnInterrupt,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<bool> {
-    let choice = if std::io::stdin().is_terminal() {
-        ask_interrupt()?
-    } else {
-        default
-    };
     match choice {
         OnInterrupt::Cancel => {
             eprintln!("cancelling job {job_id}");
