@@ -172,25 +172,6 @@ impl Harness {
             .expect("read step runs")
     }
 
-    /// Waits until the step run of `step_id` (not an item) is in `state`.
-    pub async fn wait_step_state(&self, job_id: &str, step_id: &str, state: StepState) {
-        let wait = async {
-            loop {
-                let runs = self.steps(job_id).await;
-                if runs
-                    .iter()
-                    .any(|run| run.step_id == step_id && run.item.is_none() && run.state == state)
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(60), wait)
-            .await
-            .expect("step reached the expected state")
-    }
-
     /// Returns the step run of `step_id` (the step itself, not an item).
     pub async fn step(&self, job_id: &str, step_id: &str) -> StepRun {
         self.steps(job_id)
