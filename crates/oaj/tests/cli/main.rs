@@ -9,6 +9,7 @@ mod examples;
 mod jobs;
 mod recovery;
 mod run;
+mod server;
 mod validate;
 
 use std::path::{Path, PathBuf};
