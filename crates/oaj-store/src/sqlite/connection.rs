@@ -52,6 +52,23 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Reads the journal mode and sync level of `conn`.
+pub(crate) fn durability(conn: &Connection) -> Result<super::SqliteDurability, StoreError> {
+    let journal_mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+    let level: i64 = conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?;
+    let synchronous = match level {
+        0 => "off".to_owned(),
+        1 => "normal".to_owned(),
+        2 => "full".to_owned(),
+        3 => "extra".to_owned(),
+        other => format!("unknown ({other})"),
+    };
+    Ok(super::SqliteDurability {
+        journal_mode: journal_mode.to_lowercase(),
+        synchronous,
+    })
+}
+
 /// Checks, before SQLite does, the mistakes whose SQLite message would be vague.
 pub(crate) fn check_path(path: &Path) -> Result<(), StoreError> {
     let folder = match path.parent() {

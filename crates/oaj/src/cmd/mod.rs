@@ -1,5 +1,6 @@
 //! Command-line arguments and the dispatch to each subcommand.
 
+mod bench;
 mod common;
 mod exit;
 mod jobs;
@@ -36,6 +37,8 @@ enum Command {
     Worker(worker::WorkerCommand),
     /// List, inspect and act on jobs.
     Jobs(jobs::JobsCommand),
+    /// Measure the embedded engine on no-op workloads, checking that every job ran once.
+    Bench(bench::BenchCommand),
 }
 
 /// Runs the command that `cli` names and returns the process exit code.
@@ -45,6 +48,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => or_error(runtime()?.block_on(run::run(args))),
         Command::Worker(args) => or_error(runtime()?.block_on(worker::run(args))),
         Command::Jobs(args) => or_error(runtime()?.block_on(jobs::run(args))),
+        Command::Bench(args) => or_error(runtime()?.block_on(bench::run(args))),
     }
 }
 

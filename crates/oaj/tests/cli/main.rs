@@ -1,5 +1,6 @@
 //! Tests of the `oaj` binary, built as one test binary with a module per command.
 
+mod bench;
 mod validate;
 
 use std::process::{Command, Output};
