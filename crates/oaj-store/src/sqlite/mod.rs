@@ -242,6 +242,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn attempt_record(
+        &self,
+        start: AttemptStart,
+        finish: AttemptFinish,
+    ) -> Result<i64, StoreError> {
+        self.writer
+            .write(move |tx| worker_writes::attempt_record(tx, &start, finish))
+            .await
+    }
+
     async fn step_update(&self, update: StepUpdate) -> Result<(), StoreError> {
         self.writer
             .write(move |tx| worker_writes::step_update(tx, &update))

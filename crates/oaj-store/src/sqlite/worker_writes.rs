@@ -135,6 +135,18 @@ pub(crate) fn attempt_finish(
     tx.event_add(event.with_attempt(number))
 }
 
+/// Records the start and the end of one attempt in the same transaction.
+pub(crate) fn attempt_record(
+    tx: &mut WriteTx<'_>,
+    start: &AttemptStart,
+    mut finish: AttemptFinish,
+) -> Result<i64, StoreError> {
+    let id = attempt_start(tx, start)?;
+    finish.attempt_id = id;
+    attempt_finish(tx, &finish)?;
+    Ok(id)
+}
+
 /// Changes a step run without an attempt and writes its `step.<state>` event.
 pub(crate) fn step_update(tx: &mut WriteTx<'_>, update: &StepUpdate) -> Result<(), StoreError> {
     lease_check(tx.conn, &update.lease)?;
