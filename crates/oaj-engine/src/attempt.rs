@@ -72,6 +72,9 @@ pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> Attem
         number: plan.number,
         now: shared.clock.now_ms(),
     };
+    if plan.agent.is_instant() {
+        return instant_attempt_run(&shared, &plan, start, permits).await;
+    }
     let attempt_id = match shared.store.attempt_start(start).await {
         Ok(id) => id,
         Err(error) => return store_error(error),
@@ -98,6 +101,25 @@ pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> Attem
             shared.signal_job(&plan.lease.job_id, Signal::from(control));
             outcome
         }
+        Err(error) => store_error(error),
+    }
+}
+
+/// Runs an attempt of an agent that returns at once and changes nothing outside the engine, and
+/// records its start and end in one write after the call. If the worker dies before that write,
+/// the step runs again, which such an agent makes harmless.
+async fn instant_attempt_run<P>(
+    shared: &Shared,
+    plan: &AttemptPlan,
+    start: AttemptStart,
+    permits: P,
+) -> AttemptOutcome {
+    let result = call_agent(shared, plan).await;
+    drop(permits);
+    let finish = attempt_finish(plan, 0, result, shared.clock.now_ms(), rand::random());
+    let outcome = outcome_of(&finish);
+    match shared.store.attempt_record(start, finish).await {
+        Ok(_) => outcome,
         Err(error) => store_error(error),
     }
 }

@@ -1,5 +1,7 @@
 //! Registering workflows and submitting jobs through the engine, with validation first.
 
+use std::collections::HashMap;
+
 use oaj_core::validate::{input_check, workflow_parse_validate, Report};
 use oaj_core::{Priority, Workflow};
 use oaj_store::{DependencyFailure, JobNew, JobRef, StoreError, WorkflowInserted, WorkflowRecord};
@@ -90,9 +92,18 @@ impl Engine {
         submits: Vec<JobSubmit>,
         batch_id: Option<String>,
     ) -> Result<Vec<String>, SubmitError> {
+        // Jobs of one call often share a workflow, so each version is read and parsed once.
+        let mut workflows: HashMap<(String, Option<String>), (WorkflowRecord, Workflow)> =
+            HashMap::new();
         let mut jobs = Vec::with_capacity(submits.len());
         for submit in submits {
-            jobs.push(self.job_new(submit).await?);
+            let key = (submit.workflow_id.clone(), submit.workflow_version.clone());
+            if !workflows.contains_key(&key) {
+                let fetched = self.workflow_fetch(&submit).await?;
+                workflows.insert(key.clone(), fetched);
+            }
+            let (record, workflow) = &workflows[&key];
+            jobs.push(self.job_new(submit, record, workflow)?);
         }
         Ok(self.store().job_insert_many(jobs, batch_id).await?)
     }
@@ -102,7 +113,11 @@ impl Engine {
         workflow_parse_registered(text, self.registry())
     }
 
-    async fn job_new(&self, submit: JobSubmit) -> Result<JobNew, SubmitError> {
+    /// Reads and parses the workflow version that `submit` names.
+    async fn workflow_fetch(
+        &self,
+        submit: &JobSubmit,
+    ) -> Result<(WorkflowRecord, Workflow), SubmitError> {
         let version = submit.workflow_version.as_deref();
         let record = self
             .store()
@@ -115,14 +130,23 @@ impl Engine {
         let workflow = self
             .workflow_parse(&record.document)
             .map_err(SubmitError::WorkflowInvalid)?;
-        let input = input_check(&workflow, &submit.input).map_err(SubmitError::InputInvalid)?;
+        Ok((record, workflow))
+    }
+
+    fn job_new(
+        &self,
+        submit: JobSubmit,
+        record: &WorkflowRecord,
+        workflow: &Workflow,
+    ) -> Result<JobNew, SubmitError> {
+        let input = input_check(workflow, &submit.input).map_err(SubmitError::InputInvalid)?;
         let default_priority = workflow
             .defaults
             .as_ref()
             .and_then(|defaults| defaults.priority);
         Ok(JobNew {
-            workflow_id: record.id,
-            workflow_version: record.version,
+            workflow_id: record.id.clone(),
+            workflow_version: record.version.clone(),
             input,
             priority: submit.priority.or(default_priority).unwrap_or_default(),
             tags: submit.tags,

@@ -11,4 +11,4 @@ pub use model::*;
 pub use store::Store;
 pub mod sqlite;
 
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStore};

@@ -109,6 +109,23 @@ pub trait Store: Send + Sync + 'static {
     /// before it starts another attempt instead of waiting for its next lease renewal.
     async fn attempt_finish(&self, finish: AttemptFinish) -> Result<Option<Control>, StoreError>;
 
+    /// Records a whole attempt, its start and its end, and returns its id. Made for agents that
+    /// finish inside the engine without effects elsewhere, whose attempt needs no record before
+    /// the call. `finish.attempt_id` is ignored. Fenced by the lease.
+    ///
+    /// The default calls [`Store::attempt_start`] then [`Store::attempt_finish`], two writes. An
+    /// implementation may do both in one transaction.
+    async fn attempt_record(
+        &self,
+        start: AttemptStart,
+        mut finish: AttemptFinish,
+    ) -> Result<i64, StoreError> {
+        let id = self.attempt_start(start).await?;
+        finish.attempt_id = id;
+        self.attempt_finish(finish).await?;
+        Ok(id)
+    }
+
     /// Changes a step run without an attempt (skip, fan-out start, gather, approval wait).
     /// Fenced by the lease.
     async fn step_update(&self, update: StepUpdate) -> Result<(), StoreError>;

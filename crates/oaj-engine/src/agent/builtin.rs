@@ -30,6 +30,10 @@ pub struct FailAgent;
 
 #[async_trait]
 impl Agent for NoopAgent {
+    fn is_instant(&self) -> bool {
+        true
+    }
+
     async fn call(&self, _call: AgentCall) -> Result<AgentOutput, AgentError> {
         Ok(AgentOutput {
             output: json!({}),
@@ -40,6 +44,10 @@ impl Agent for NoopAgent {
 
 #[async_trait]
 impl Agent for EchoAgent {
+    fn is_instant(&self) -> bool {
+        true
+    }
+
     async fn call(&self, call: AgentCall) -> Result<AgentOutput, AgentError> {
         Ok(AgentOutput {
             output: call.input,
@@ -88,6 +96,10 @@ fn sleep_duration(input: &Value) -> Result<Duration, AgentError> {
 
 #[async_trait]
 impl Agent for FailAgent {
+    fn is_instant(&self) -> bool {
+        true
+    }
+
     async fn call(&self, call: AgentCall) -> Result<AgentOutput, AgentError> {
         let input = &call.input;
         if let Some(field) = input.get("succeed_on_attempt") {

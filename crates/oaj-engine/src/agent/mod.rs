@@ -35,6 +35,13 @@ pub use registry::{agent_from_spec, AgentRegistry};
 pub trait Agent: Send + Sync + 'static {
     /// Runs one attempt of a step.
     async fn call(&self, call: AgentCall) -> Result<AgentOutput, AgentError>;
+
+    /// Reports whether a call returns at once and changes nothing outside the engine. The engine
+    /// then records the attempt in one write after the call instead of one before and one after,
+    /// because a crash between the call and the write only makes the call run again.
+    fn is_instant(&self) -> bool {
+        false
+    }
 }
 
 /// One attempt of a step, as an agent sees it.

@@ -5,8 +5,8 @@ use rusqlite::{params, Connection};
 use serde_json::json;
 
 use super::job_moves::counts_move;
-use super::job_reads::step_run_list;
-use super::rows::{job_columns, job_from_row, query_all, query_first};
+use super::job_reads::{job_get, step_run_list};
+use super::rows::{query_all, query_first};
 use super::workflows::WorkflowCache;
 use super::writer::WriteTx;
 use crate::error::StoreError;
@@ -16,12 +16,11 @@ const SELECT_QUEUED: &str =
     "SELECT id FROM jobs WHERE state = 'queued' ORDER BY claim_key, id LIMIT ?1";
 const SELECT_QUEUED_AMONG: &str = "SELECT id FROM jobs WHERE state = 'queued'
     AND id IN (SELECT value FROM json_each(?2)) ORDER BY claim_key, id LIMIT ?1";
-const UPDATE_CLAIM: &str = concat!(
-    "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_token = lease_token + 1,
-    lease_expires_at = ?3, started_at = COALESCE(started_at, ?4), updated_at = ?4,
-    control = NULL WHERE id = ?1 AND state = 'queued' RETURNING ",
-    job_columns!()
-);
+// The claimed job is read back with a second statement instead of RETURNING, for which SQLite
+// builds a temporary table on every call.
+const UPDATE_CLAIM: &str = "UPDATE jobs SET state = 'running', lease_owner = ?2,
+    lease_token = lease_token + 1, lease_expires_at = ?3, started_at = COALESCE(started_at, ?4),
+    updated_at = ?4, control = NULL WHERE id = ?1 AND state = 'queued'";
 const SELECT_LEASE: &str = "SELECT lease_token, state FROM jobs WHERE id = ?1";
 const UPDATE_EXTEND: &str = "UPDATE jobs SET lease_expires_at = ?3
     WHERE id = ?1 AND lease_token = ?2 AND state = 'running' RETURNING control";
@@ -61,13 +60,17 @@ fn claim_one(
     id: &str,
 ) -> Result<ClaimedJob, StoreError> {
     let expires_at = params.now + params.lease_ms;
-    let job = query_first(
-        tx.conn,
-        UPDATE_CLAIM,
-        params![id, params.worker_id, expires_at, params.now],
-        job_from_row,
-    )?
-    .expect("the job was read as queued inside this transaction");
+    let changed = tx.conn.prepare_cached(UPDATE_CLAIM)?.execute(params![
+        id,
+        params.worker_id,
+        expires_at,
+        params.now
+    ])?;
+    assert_eq!(
+        changed, 1,
+        "job {id} was read as queued inside this transaction"
+    );
+    let job = job_get(tx.conn, id)?.expect("the job was updated just before");
     let workflow = cache
         .get(tx.conn, &job.workflow_id, &job.workflow_version)?
         .ok_or_else(|| {

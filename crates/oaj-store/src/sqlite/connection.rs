@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use crate::error::StoreError;
@@ -48,8 +49,30 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // FULL syncs the WAL on every commit, so an acknowledged write survives a power loss.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // SQLite re-prepares a cached statement whenever a new value is bound to a parameter that
+    // the planner looked at, which our ORDER BY and join queries trigger on every call. The
+    // query planner stability guarantee fixes each plan when it is prepared. Our plans do not
+    // depend on bound values: partial indexes test literals, and no ANALYZE statistics exist.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     Ok(())
+}
+
+/// Reads the journal mode and sync level of `conn`.
+pub(crate) fn durability(conn: &Connection) -> Result<super::SqliteDurability, StoreError> {
+    let journal_mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+    let level: i64 = conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?;
+    let synchronous = match level {
+        0 => "off".to_owned(),
+        1 => "normal".to_owned(),
+        2 => "full".to_owned(),
+        3 => "extra".to_owned(),
+        other => format!("unknown ({other})"),
+    };
+    Ok(super::SqliteDurability {
+        journal_mode: journal_mode.to_lowercase(),
+        synchronous,
+    })
 }
 
 /// Checks, before SQLite does, the mistakes whose SQLite message would be vague.
@@ -89,5 +112,28 @@ pub(crate) fn open_error(path: &Path, error: rusqlite::Error) -> StoreError {
             path: shown.to_string(),
             message: error.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+
+    #[test]
+    fn cached_statement_survives_new_bindings() {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let path = folder.path().join("oaj.db");
+        let mut conn = open_writer(&path, Duration::from_secs(1)).expect("open the writer");
+        super::super::migrations::migrate(&mut conn, &path).expect("migrate");
+        let sql = "SELECT step_id FROM step_runs WHERE job_id = ?1 ORDER BY step_id, item";
+        for job_id in ["a", "b", "c"] {
+            let mut statement = conn.prepare_cached(sql).expect("prepare");
+            let mut rows = statement.query([job_id]).expect("query");
+            while rows.next().expect("step").is_some() {}
+            drop(rows);
+            assert_eq!(statement.get_status(StatementStatus::RePrepare), 0);
+        }
     }
 }

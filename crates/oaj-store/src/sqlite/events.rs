@@ -3,13 +3,13 @@
 use rusqlite::{params, Connection};
 use serde_json::Value;
 
-use super::rows::{event_columns, event_from_row, query_all, query_value};
+use super::rows::{event_columns, event_from_row, insert_rowid, query_all};
 use super::writer::WriteTx;
 use crate::error::StoreError;
 use crate::model::{Event, EventFilter};
 
 const INSERT_EVENT: &str = "INSERT INTO events (kind, job_id, step_id, item, attempt, data, at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING seq";
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// Events returned by one list when the filter sets no limit, and the maximum it may request.
 const SELECT_JOB_EVENTS: &str = concat!(
@@ -29,7 +29,7 @@ impl WriteTx<'_> {
     /// Stores an event and keeps it to publish after the commit. `event.seq` is assigned here.
     pub(crate) fn event_add(&mut self, mut event: Event) -> Result<(), StoreError> {
         let data = event.data.to_string();
-        let seq = query_value::<i64>(
+        event.seq = insert_rowid(
             self.conn,
             INSERT_EVENT,
             params![
@@ -42,7 +42,6 @@ impl WriteTx<'_> {
                 event.at
             ],
         )?;
-        event.seq = seq.expect("INSERT ... RETURNING returns the new row");
         self.events.push(event);
         Ok(())
     }

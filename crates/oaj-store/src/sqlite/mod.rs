@@ -104,6 +104,23 @@ impl SqliteStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Reads the journal mode and sync level of the connection that writes, as SQLite reports
+    /// them, so that a benchmark states the durability it measured.
+    pub async fn durability(&self) -> Result<SqliteDurability, StoreError> {
+        self.writer
+            .write(|tx| connection::durability(tx.conn))
+            .await
+    }
+}
+
+/// The durability settings of the write connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteDurability {
+    /// `PRAGMA journal_mode`, such as `wal`.
+    pub journal_mode: String,
+    /// `PRAGMA synchronous` by name: `off`, `normal`, `full` or `extra`.
+    pub synchronous: String,
 }
 
 #[async_trait]
@@ -248,6 +265,16 @@ impl Store for SqliteStore {
     async fn attempt_finish(&self, finish: AttemptFinish) -> Result<Option<Control>, StoreError> {
         self.writer
             .write(move |tx| worker_writes::attempt_finish(tx, &finish))
+            .await
+    }
+
+    async fn attempt_record(
+        &self,
+        start: AttemptStart,
+        finish: AttemptFinish,
+    ) -> Result<i64, StoreError> {
+        self.writer
+            .write(move |tx| worker_writes::attempt_record(tx, &start, finish))
             .await
     }
 

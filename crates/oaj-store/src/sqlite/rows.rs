@@ -260,3 +260,17 @@ pub(crate) fn query_value<T: FromSql>(
 ) -> Result<Option<T>, StoreError> {
     query_first(conn, sql, params, |row| Ok(row.get(0)?))
 }
+
+/// Runs a cached `INSERT` and returns the rowid of the new row.
+///
+/// Cheaper than `INSERT ... RETURNING`, for which SQLite collects the returned rows in a
+/// temporary table first. The rowid is read from the same connection right after the insert,
+/// so no other insert can come between.
+pub(crate) fn insert_rowid(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+) -> Result<i64, StoreError> {
+    conn.prepare_cached(sql)?.execute(params)?;
+    Ok(conn.last_insert_rowid())
+}

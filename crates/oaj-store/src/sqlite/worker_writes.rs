@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::claims::{control_parse, lease_check};
 use super::job_moves::{job_end, job_head, job_move, JobMove};
-use super::rows::{item_to_column, query_first, query_value};
+use super::rows::{insert_rowid, item_to_column, query_first, query_value};
 use super::writer::WriteTx;
 use crate::error::StoreError;
 use crate::model::{
@@ -15,7 +15,7 @@ use crate::model::{
 };
 
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_id, step_id, item, number, worker_id,
-    lease_token, state, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7) RETURNING id";
+    lease_token, state, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)";
 const UPSERT_STEP_RUNNING: &str = "INSERT INTO step_runs (job_id, step_id, item, state, attempts,
     updated_at) VALUES (?1, ?2, ?3, 'running', ?4, ?5)
     ON CONFLICT (job_id, step_id, item) DO UPDATE SET state = 'running',
@@ -42,7 +42,7 @@ pub(crate) fn attempt_start(tx: &mut WriteTx<'_>, start: &AttemptStart) -> Resul
     lease_check(tx.conn, &start.lease)?;
     let job_id = &start.lease.job_id;
     let item = item_to_column(start.item);
-    let id = query_value::<i64>(
+    let id = insert_rowid(
         tx.conn,
         INSERT_ATTEMPT,
         params![
@@ -54,8 +54,7 @@ pub(crate) fn attempt_start(tx: &mut WriteTx<'_>, start: &AttemptStart) -> Resul
             start.lease.token,
             start.now
         ],
-    )?
-    .expect("INSERT ... RETURNING returns the new row");
+    )?;
     tx.conn
         .prepare_cached(UPSERT_STEP_RUNNING)?
         .execute(params![
@@ -141,6 +140,18 @@ pub(crate) fn attempt_finish(
     let control = query_value::<Option<String>>(tx.conn, SELECT_CONTROL, [job_id])?
         .expect("lease_check found the job");
     control_parse(control.as_deref())
+}
+
+/// Records the start and the end of one attempt in the same transaction.
+pub(crate) fn attempt_record(
+    tx: &mut WriteTx<'_>,
+    start: &AttemptStart,
+    mut finish: AttemptFinish,
+) -> Result<i64, StoreError> {
+    let id = attempt_start(tx, start)?;
+    finish.attempt_id = id;
+    attempt_finish(tx, &finish)?;
+    Ok(id)
 }
 
 /// Changes a step run without an attempt and writes its `step.<state>` event.

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use oaj_core::JobState;
 use oaj_store::{
-    JobAction, JobOutcome, Lease, LeaseExtend, LeaseStatus, MaintenanceParams, StepState,
-    StepUpdate, Store, StoreError,
+    AttemptState, JobAction, JobOutcome, Lease, LeaseExtend, LeaseStatus, MaintenanceParams,
+    StepState, StepUpdate, Store, StoreError,
 };
 
 use crate::support::*;
@@ -194,7 +194,47 @@ async fn claimed_job_brings_saved_steps(store: Arc<dyn Store>) {
     assert_eq!(again.steps[0].state, StepState::Completed);
 }
 
+async fn attempt_record_writes_whole_attempt(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let id = insert(&store, job_new(T0)).await;
+    let claimed = claim_one(&store, T0).await;
+    let start = attempt_start(&claimed.lease, "s1", T0 + 1);
+    let finish = attempt_success(&claimed.lease, 0, "s1", T0 + 2);
+    let attempt_id = store.attempt_record(start, finish).await.unwrap();
+
+    let attempts = store.attempt_list(&id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].id, attempt_id);
+    assert_eq!(attempts[0].state, AttemptState::Succeeded);
+    assert_eq!(attempts[0].started_at, T0 + 1);
+    assert_eq!(attempts[0].finished_at, Some(T0 + 2));
+    let steps = store.step_run_list(&id).await.unwrap();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].state, StepState::Completed);
+    assert_eq!(steps[0].attempts, 1);
+}
+
+async fn attempt_record_rejected_after_reclaim(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let id = insert(&store, job_new(T0)).await;
+    let first = claim_one(&store, T0).await;
+    store
+        .maintenance(rescue_params(T0 + LEASE_MS + 1))
+        .await
+        .unwrap();
+    claim_one(&store, T0 + LEASE_MS + 2).await;
+
+    let start = attempt_start(&first.lease, "s1", T0 + 1);
+    let finish = attempt_success(&first.lease, 0, "s1", T0 + 2);
+    let recorded = store.attempt_record(start, finish).await;
+    assert!(is_lease_lost(&recorded.unwrap_err()));
+    assert!(store.attempt_list(&id).await.unwrap().is_empty());
+    assert!(store.step_run_list(&id).await.unwrap().is_empty());
+}
+
 crate::sqlite_tests!(
+    attempt_record_writes_whole_attempt,
+    attempt_record_rejected_after_reclaim,
     old_token_rejected_after_reclaim,
     lease_rejected_after_job_finish,
     lease_extend_reports_held_and_lost,

@@ -1,5 +1,6 @@
 //! Command-line arguments and the dispatch to each subcommand.
 
+mod bench;
 mod client;
 mod common;
 mod exit;
@@ -44,6 +45,8 @@ enum Command {
     Jobs(jobs::JobsCommand),
     /// Serve the HTTP API and run workers in one process, until SIGINT or SIGTERM.
     Serve(serve::ServeArgs),
+    /// Measure the embedded engine on no-op workloads, checking that every job ran once.
+    Bench(bench::BenchCommand),
 }
 
 /// Runs the command that `cli` names and returns the process exit code.
@@ -55,6 +58,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit(args) => or_error(runtime()?.block_on(submit::run(args))),
         Command::Jobs(args) => or_error(runtime()?.block_on(jobs::run(args))),
         Command::Serve(args) => or_error(runtime()?.block_on(serve::run(args))),
+        Command::Bench(args) => or_error(runtime()?.block_on(bench::run(args))),
     }
 }
 

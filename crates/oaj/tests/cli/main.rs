@@ -3,6 +3,7 @@
 //! Every test that touches a database works in its own [`Sandbox`]: a temporary folder with its
 //! own database file, where workflows and the files their steps write also live.
 
+mod bench;
 mod control;
 mod database;
 mod examples;

@@ -1,0 +1,113 @@
+//! `oaj bench`: measures the embedded engine on no-op workloads and checks that every job ran
+//! exactly once. The figures and the machine behind them are recorded in docs/benchmarks.md.
+
+mod drain;
+mod enqueue;
+mod latency;
+mod report;
+mod sequential;
+mod setup;
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::common::WorkerArgs;
+use super::exit;
+use report::Report;
+use setup::BenchDb;
+
+/// Arguments of `oaj bench`.
+#[derive(Debug, Args)]
+pub struct BenchCommand {
+    /// Print the settings and results as one JSON object instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub workload: Workload,
+}
+
+/// The workloads `oaj bench` can run.
+#[derive(Debug, Subcommand)]
+pub enum Workload {
+    /// Enqueue single-step noop jobs, then time one worker draining them all (jobs per second).
+    Drain(DrainArgs),
+    /// Time inserting jobs in batches and one at a time, with no worker running.
+    Enqueue(EnqueueArgs),
+    /// Time from submitting a job to its first attempt starting, one job at a time, on an idle
+    /// worker.
+    Latency(LatencyArgs),
+    /// Run a workflow of sequential noop steps, one job at a time, and report the time per step.
+    Sequential(SequentialArgs),
+}
+
+/// Arguments of `oaj bench drain`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// Jobs to enqueue before the worker starts.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: u32,
+    #[command(flatten)]
+    pub db: BenchDb,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// Arguments of `oaj bench enqueue`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Jobs to insert in batches.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: u32,
+    /// Jobs per `job_submit_many` call.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Jobs to insert one at a time, each in its own call; 0 skips that part.
+    #[arg(long, default_value_t = 200)]
+    pub single_jobs: u32,
+    #[command(flatten)]
+    pub db: BenchDb,
+}
+
+/// Arguments of `oaj bench latency`.
+#[derive(Debug, Args)]
+pub struct LatencyArgs {
+    /// Jobs to submit, each after the previous one has completed.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: u32,
+    #[command(flatten)]
+    pub db: BenchDb,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// Arguments of `oaj bench sequential`.
+#[derive(Debug, Args)]
+pub struct SequentialArgs {
+    /// Steps in the workflow, each depending on the one before.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub steps: u32,
+    /// Jobs to run, each after the previous one has completed.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: u32,
+    #[command(flatten)]
+    pub db: BenchDb,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// Runs the workload, prints its report, and fails when a job did not complete exactly once.
+pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    let report: Report = match command.workload {
+        Workload::Drain(args) => drain::run(args).await?,
+        Workload::Enqueue(args) => enqueue::run(args).await?,
+        Workload::Latency(args) => latency::run(args).await?,
+        Workload::Sequential(args) => sequential::run(args).await?,
+    };
+    if command.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(ExitCode::from(exit::COMPLETED))
+}

@@ -1,0 +1,60 @@
+//! `oaj bench enqueue`: how fast jobs are inserted, in batches and one at a time.
+
+use std::time::Instant;
+
+use anyhow::bail;
+use oaj_core::JobState;
+
+use super::report::Report;
+use super::setup::noop_workflow;
+use super::EnqueueArgs;
+
+/// Inserts jobs with no worker running and checks that all of them are queued.
+pub async fn run(args: EnqueueArgs) -> anyhow::Result<Report> {
+    let bench = args.db.open()?;
+    // No worker runs, so the default settings are enough to build the engine.
+    let engine = bench.engine(oaj_engine::EngineConfig::default());
+    let mut report = Report::new("enqueue");
+    bench.describe(&mut report, args.db.db.is_some()).await?;
+    report.setting("jobs", args.jobs);
+    report.setting("batch_size", args.batch_size);
+    report.setting("single_jobs", args.single_jobs);
+    let submit = noop_workflow(&engine, 1).await?;
+
+    let total = args.jobs as usize;
+    let batch_size = args.batch_size as usize;
+    let started = Instant::now();
+    let mut inserted = 0;
+    while inserted < total {
+        let count = batch_size.min(total - inserted);
+        inserted += engine
+            .job_submit_many(vec![submit.clone(); count], None)
+            .await?
+            .len();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    report.measure("batched_seconds", seconds);
+    report.measure("batched_jobs_per_second", total as f64 / seconds);
+
+    if args.single_jobs > 0 {
+        let started = Instant::now();
+        for _ in 0..args.single_jobs {
+            engine.job_submit(submit.clone()).await?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        report.measure("single_seconds", seconds);
+        report.measure(
+            "single_jobs_per_second",
+            f64::from(args.single_jobs) / seconds,
+        );
+    }
+
+    let expected = u64::from(args.jobs) + u64::from(args.single_jobs);
+    let counts = engine.store().job_counts().await?;
+    let queued = counts.get(&JobState::Queued).copied().unwrap_or(0);
+    if queued != expected {
+        bail!("expected {expected} queued jobs after the run, found {counts:?}");
+    }
+    report.result("jobs_queued", queued);
+    Ok(report)
+}

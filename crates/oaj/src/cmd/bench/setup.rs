@@ -1,0 +1,147 @@
+//! What every workload needs: a fresh database, an engine over it, the benchmark workflows, and
+//! waiting for a job's events.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use oaj_engine::{Engine, EngineConfig, JobSubmit};
+use oaj_store::{Event, SqliteStore, Store};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::sync::broadcast;
+
+use super::report::Report;
+use crate::cmd::common::{self, WorkerArgs};
+
+/// Where the benchmark database is created.
+#[derive(Debug, Clone, Args)]
+pub struct BenchDb {
+    /// SQLite file to create for the run; it must not exist yet and is kept afterwards. Default:
+    /// a file in a new temporary folder, deleted at the end.
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+/// A store over a database that holds only this run's jobs.
+pub struct BenchStore {
+    /// The open store.
+    pub store: Arc<SqliteStore>,
+    path: PathBuf,
+    // Deletes the temporary folder, and the database in it, when the run ends.
+    _folder: Option<TempDir>,
+}
+
+impl BenchDb {
+    /// Creates the database, so that counts after the run cover this run's jobs only.
+    pub fn open(&self) -> anyhow::Result<BenchStore> {
+        let (path, folder) = match &self.db {
+            Some(path) if path.exists() => bail!(
+                "database {} already exists: a benchmark needs a new file, so pass a path that \
+                 does not exist",
+                path.display()
+            ),
+            Some(path) => (path.clone(), None),
+            None => {
+                let folder = tempfile::tempdir().context("cannot create a temporary folder")?;
+                (folder.path().join("bench.db"), Some(folder))
+            }
+        };
+        let store = SqliteStore::open(&path)?;
+        Ok(BenchStore {
+            store: Arc::new(store),
+            path,
+            _folder: folder,
+        })
+    }
+}
+
+impl BenchStore {
+    /// Adds the settings every workload states: database, durability and build.
+    pub async fn describe(&self, report: &mut Report, kept: bool) -> anyhow::Result<()> {
+        let durability = self
+            .store
+            .durability()
+            .await
+            .context("cannot read the durability settings")?;
+        let place = if kept { "" } else { " (temporary)" };
+        report.setting("database", format!("{}{place}", self.path.display()));
+        report.setting("journal_mode", durability.journal_mode);
+        report.setting("synchronous", durability.synchronous);
+        let build = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        report.setting("build", build);
+        Ok(())
+    }
+
+    /// Builds an engine over the store with the built-in agents.
+    pub fn engine(&self, config: EngineConfig) -> Engine {
+        let store: Arc<dyn Store> = self.store.clone();
+        common::engine(store, config)
+    }
+}
+
+/// Adds the worker settings to the report.
+pub fn describe_worker(report: &mut Report, worker: &WorkerArgs) {
+    report.setting("concurrency", worker.concurrency);
+    report.setting("jobs_max", worker.jobs_max);
+}
+
+/// Registers a workflow of `steps` noop steps, each depending on the one before, and returns a
+/// submit request for it.
+pub async fn noop_workflow(engine: &Engine, steps: u32) -> anyhow::Result<JobSubmit> {
+    let steps: Vec<Value> = (1..=steps)
+        .map(|number| {
+            let mut step = json!({ "id": format!("s{number}"), "component": "noop" });
+            if number > 1 {
+                step["depends_on"] = json!([format!("s{}", number - 1)]);
+            }
+            step
+        })
+        .collect();
+    let document = json!({ "id": format!("bench-noop-{}", steps.len()), "steps": steps });
+    let (workflow, _) = engine
+        .workflow_register(&document.to_string())
+        .await
+        .context("cannot register the benchmark workflow")?;
+    Ok(JobSubmit {
+        workflow_id: workflow.id,
+        workflow_version: Some(workflow.version),
+        input: json!({}),
+        ..JobSubmit::default()
+    })
+}
+
+/// Waits for the next event of `job_id` whose kind `is_wanted` accepts, and returns it. Fails
+/// when the job ends some other way or the subscription fell behind.
+pub async fn event_wait(
+    events: &mut broadcast::Receiver<Event>,
+    job_id: &str,
+    is_wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<Event> {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                bail!("the benchmark missed {missed} events because it read them too slowly")
+            }
+            Err(broadcast::error::RecvError::Closed) => bail!("the store closed its events"),
+        };
+        if event.job_id.as_deref() != Some(job_id) {
+            continue;
+        }
+        if is_wanted(&event.kind) {
+            return Ok(event);
+        }
+        if matches!(
+            event.kind.as_str(),
+            "job.failed" | "job.cancelled" | "job.paused"
+        ) {
+            bail!("job {job_id} ended with {}: {}", event.kind, event.data);
+        }
+    }
+}

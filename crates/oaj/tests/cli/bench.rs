@@ -1,0 +1,83 @@
+//! Smoke tests of `oaj bench`: each workload runs at a tiny size and reports that every job
+//! completed exactly once. They check correctness only, never speed.
+
+use serde_json::Value;
+
+use super::{oaj, stdout};
+
+/// Runs `oaj bench ARGS --json`, asserts success, and returns the parsed report.
+fn bench(args: &[&str]) -> Value {
+    let mut full = vec!["bench"];
+    full.extend_from_slice(args);
+    full.push("--json");
+    let output = oaj(&full);
+    assert!(
+        output.status.success(),
+        "oaj {full:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout(&output)).expect("the report is JSON")
+}
+
+#[test]
+fn drain_completes_every_job_once() {
+    let report = bench(&["drain", "--jobs", "30"]);
+    assert_eq!(report["workload"], "drain");
+    assert_eq!(report["results"]["jobs_completed"], 30);
+    assert_eq!(report["results"]["attempts_started"], 30);
+    assert_eq!(report["results"]["jobs_checked_once"], 30);
+}
+
+#[test]
+fn report_states_durability() {
+    let report = bench(&["drain", "--jobs", "1"]);
+    assert_eq!(report["settings"]["journal_mode"], "wal");
+    assert_eq!(report["settings"]["synchronous"], "full");
+    assert_eq!(report["settings"]["jobs"], 1);
+}
+
+#[test]
+fn enqueue_queues_every_job() {
+    let report = bench(&[
+        "enqueue",
+        "--jobs",
+        "25",
+        "--batch-size",
+        "10",
+        "--single-jobs",
+        "5",
+    ]);
+    assert_eq!(report["results"]["jobs_queued"], 30);
+}
+
+#[test]
+fn latency_completes_every_job() {
+    let report = bench(&["latency", "--jobs", "3"]);
+    assert_eq!(report["results"]["jobs_completed"], 3);
+    assert!(report["results"]["start_median_ms"].is_number());
+}
+
+#[test]
+fn sequential_completes_every_step() {
+    let report = bench(&["sequential", "--steps", "5", "--jobs", "2"]);
+    assert_eq!(report["results"]["jobs_completed"], 2);
+    assert!(report["results"]["step_median_ms"].is_number());
+}
+
+#[test]
+fn existing_database_is_rejected() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let path = folder.path().join("taken.db");
+    std::fs::write(&path, b"").expect("create the file");
+    let output = oaj(&[
+        "bench",
+        "drain",
+        "--jobs",
+        "1",
+        "--db",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("already exists"), "{stderr}");
+}
