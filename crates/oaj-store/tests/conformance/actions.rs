@@ -187,7 +187,7 @@ async fn actions_conflict_on_wrong_state(store: Arc<dyn Store>) {
     assert!(matches!(missing, StoreError::JobNotFound(_)), "{missing:?}");
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     cancel_queued_is_immediate,
     cancel_running_sets_control,
     pause_and_resume_queued,

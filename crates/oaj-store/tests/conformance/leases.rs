@@ -194,7 +194,7 @@ async fn claimed_job_brings_saved_steps(store: Arc<dyn Store>) {
     assert_eq!(again.steps[0].state, StepState::Completed);
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     old_token_rejected_after_reclaim,
     lease_rejected_after_job_finish,
     lease_extend_reports_held_and_lost,
