@@ -103,7 +103,7 @@ pub struct Decision {
 
 /// Runs `oaj jobs ...`.
 pub async fn run(args: JobsCommand) -> anyhow::Result<ExitCode> {
-    let store = args.db.open()?;
+    let (store, _) = args.db.open().await?;
     let now = SystemClock.now_ms();
     match args.action {
         JobsAction::List {
