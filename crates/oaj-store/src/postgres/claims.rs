@@ -11,8 +11,8 @@ use crate::error::StoreError;
 use crate::model::{ClaimParams, ClaimedJob, Job, Lease, LeaseExtend, LeaseStatus};
 use crate::sqlite::claims::control_parse;
 
-// SKIP LOCKED lets workers of many processes claim at once: each passes over the rows another
-// claim holds instead of waiting for it, so no two claims return the same job.
+// SKIP LOCKED lets workers of many processes claim at once. Each claim passes over the rows that
+// another claim has locked instead of waiting for them, so no two claims return the same job.
 const SELECT_QUEUED: &str = "SELECT id FROM jobs WHERE state = 'queued'
     ORDER BY claim_key, id LIMIT $1 FOR UPDATE SKIP LOCKED";
 const SELECT_QUEUED_AMONG: &str = "SELECT id FROM jobs WHERE state = 'queued'
@@ -140,7 +140,8 @@ pub(crate) async fn lease_extend(
     params: &LeaseExtend,
 ) -> Result<Vec<LeaseStatus>, StoreError> {
     let expires_at = params.now + params.lease_ms;
-    // Rows are locked in id order, so two renewals of overlapping jobs cannot deadlock.
+    // Rows are locked in id order, so two renewals of overlapping jobs never wait for each other
+    // in a cycle.
     let mut order: Vec<usize> = (0..params.leases.len()).collect();
     order.sort_by(|a, b| params.leases[*a].job_id.cmp(&params.leases[*b].job_id));
     let mut statuses = vec![None; params.leases.len()];

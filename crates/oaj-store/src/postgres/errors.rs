@@ -5,8 +5,8 @@ use crate::error::StoreError;
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> StoreError {
         match error.as_db_error() {
-            // The server's own message (with its detail and hint) says more than the client's
-            // wrapper, which prints only "db error".
+            // The server's own message (with its detail and hint) contains more than the
+            // client's wrapper, which prints only "db error".
             Some(db) => StoreError::Database(format!("postgres {}: {db}", db.code().code())),
             None => StoreError::Database(format!("postgres connection: {error}")),
         }

@@ -1,6 +1,7 @@
 //! Maintenance passes: rescue of expired leases, promotion of pending jobs whose time came, and
-//! retention. Each pass touches at most `batch_size` jobs and skips rows that another
-//! transaction holds, so a pass never waits for a worker and never deadlocks with one.
+//! retention. Each pass touches at most `batch_size` jobs and skips the jobs that another
+//! transaction has locked, so it does not wait for a worker writing to the job it would move.
+//! Settling the dependents of a job that ends here still waits for their row locks.
 
 use oaj_core::{JobState, Transition};
 use serde_json::json;

@@ -23,7 +23,7 @@ pub(crate) async fn migrate(
     client: &mut tokio_postgres::Client,
     names: &Names,
     create_schema: bool,
-    shown: &str,
+    url_redacted: &str,
 ) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
     tx.execute(LOCK, &[&names.lock_class_migrate, &names.lock_id])
@@ -37,7 +37,7 @@ pub(crate) async fn migrate(
     let known = i64::try_from(MIGRATIONS.len()).expect("the migration list is short");
     if stored > known {
         return Err(StoreError::Open {
-            path: shown.to_owned(),
+            path: url_redacted.to_owned(),
             message: format!(
                 "schema {} has version {stored}, but this build of oaj knows versions up to \
                  {known}: upgrade oaj to open it",
@@ -47,7 +47,7 @@ pub(crate) async fn migrate(
     }
 
     let applied = usize::try_from(stored).map_err(|_| StoreError::Open {
-        path: shown.to_owned(),
+        path: url_redacted.to_owned(),
         message: format!("schema_migrations contains the invalid version {stored}"),
     })?;
     for (version, sql) in (1_i64..).zip(MIGRATIONS).skip(applied) {

@@ -4,7 +4,7 @@
 //! `FOR UPDATE SKIP LOCKED`, worker writes lock the job's row to check the lease token (fencing),
 //! and counters and events are written last, just before the commit (see `tx.rs`, which also
 //! explains how event sequence numbers stay in commit order). A dedicated connection LISTENs for
-//! wake-ups and events, and another holds the maintenance lead (see `leader.rs`).
+//! wake-ups and events, and another keeps the maintenance lead (see `leader.rs`).
 //!
 //! All of a store's tables live in one schema, the first on the connection's search path or the
 //! one named in [`PostgresOptions::schema`], so that several stores can share one database.
@@ -56,14 +56,14 @@ const LOCK_CLASS_MIGRATE: i32 = 0x6f61_6a01;
 const LOCK_CLASS_EVENTS: i32 = 0x6f61_6a02;
 const LOCK_CLASS_MAINTENANCE: i32 = 0x6f61_6a03;
 
-/// The longest schema name: it goes into notification channel names, which PostgreSQL limits
-/// to 63 bytes.
+/// Maximum length of a schema name in bytes, because it goes into notification channel names,
+/// which PostgreSQL limits to 63 bytes.
 const SCHEMA_LEN_MAX: usize = 50;
 
 /// Settings of [`PostgresStore::connect_with`].
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
-    /// Schema that holds the store's tables, created if missing. `None` uses the first existing
+    /// Schema that contains the store's tables, created if missing. `None` uses the first existing
     /// schema on the connection's search path (`public` by default). A name is lowercase ASCII
     /// letters, digits and underscores, at most 50 bytes.
     pub schema: Option<String>,
@@ -91,7 +91,7 @@ pub(crate) struct Names {
     pub(crate) lock_class_maintenance: i32,
     /// Channel that carries the sequence number of the last event of each commit.
     pub(crate) events_channel: String,
-    /// Channel that tells workers that jobs became claimable.
+    /// Channel that notifies workers that jobs became claimable.
     pub(crate) work_channel: String,
 }
 
@@ -99,7 +99,7 @@ pub(crate) struct Names {
 pub struct PostgresStore {
     pool: Pool,
     names: Arc<Names>,
-    shown: String,
+    url_redacted: String,
     workflows: WorkflowCache,
     notify: Arc<Notify>,
     events: broadcast::Sender<Event>,
@@ -123,32 +123,32 @@ impl PostgresStore {
         options: PostgresOptions,
     ) -> Result<PostgresStore, StoreError> {
         let mut config = Config::from_str(url).map_err(|error| StoreError::Open {
-            path: "(postgres URL not shown, it may contain a password)".to_owned(),
+            path: "(postgres URL not url_redacted, it may contain a password)".to_owned(),
             message: format!(
                 "invalid postgres URL: {error}; expected postgres://USER@HOST:PORT/DATABASE"
             ),
         })?;
-        let shown = config_shown(&config);
+        let url_redacted = config_url_redacted(&config);
         if let Some(schema) = &options.schema {
-            schema_check(schema, &shown)?;
+            schema_check(schema, &url_redacted)?;
             // Every connection, pooled or dedicated, then finds the tables in this schema.
             config.options(format!("-c search_path={schema}"));
         }
         let open_error = |error: StoreError| StoreError::Open {
-            path: shown.clone(),
+            path: url_redacted.clone(),
             message: error.to_string(),
         };
 
         let (mut client, _notifications) = session_open(&config)
             .await
             .map_err(|e| open_error(e.into()))?;
-        let names = names_read(&client, options.schema.as_deref(), &shown)
+        let names = names_read(&client, options.schema.as_deref(), &url_redacted)
             .await
             .map_err(|e| match e {
                 open @ StoreError::Open { .. } => open,
                 other => open_error(other),
             })?;
-        migrations::migrate(&mut client, &names, options.schema.is_some(), &shown)
+        migrations::migrate(&mut client, &names, options.schema.is_some(), &url_redacted)
             .await
             .map_err(|e| match e {
                 open @ StoreError::Open { .. } => open,
@@ -179,7 +179,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             names,
-            shown,
+            url_redacted,
             workflows: WorkflowCache::default(),
             notify,
             events,
@@ -189,11 +189,11 @@ impl PostgresStore {
     }
 
     /// Returns the server and database this store uses, without the password.
-    pub fn shown(&self) -> &str {
-        &self.shown
+    pub fn url_redacted(&self) -> &str {
+        &self.url_redacted
     }
 
-    /// Returns the schema that holds this store's tables.
+    /// Returns the schema that contains this store's tables.
     pub fn schema(&self) -> &str {
         &self.names.schema
     }
@@ -388,7 +388,7 @@ impl Store for PostgresStore {
 async fn names_read(
     client: &tokio_postgres::Client,
     schema: Option<&str>,
-    shown: &str,
+    url_redacted: &str,
 ) -> Result<Names, StoreError> {
     let schema = match schema {
         Some(schema) => schema.to_owned(),
@@ -396,14 +396,14 @@ async fn names_read(
             let row = client.query_one("SELECT current_schema()", &[]).await?;
             let current: Option<String> = row.try_get(0)?;
             current.ok_or_else(|| StoreError::Open {
-                path: shown.to_owned(),
+                path: url_redacted.to_owned(),
                 message: "no schema on the search path exists: create one or set \
                           PostgresOptions::schema"
                     .to_owned(),
             })?
         }
     };
-    schema_check(&schema, shown)?;
+    schema_check(&schema, url_redacted)?;
     let row = client.query_one("SELECT hashtext($1)", &[&schema]).await?;
     Ok(Names {
         lock_id: row.try_get(0)?,
@@ -417,7 +417,7 @@ async fn names_read(
 }
 
 /// Checks that a schema name needs no quoting and fits in a channel name.
-fn schema_check(schema: &str, shown: &str) -> Result<(), StoreError> {
+fn schema_check(schema: &str, url_redacted: &str) -> Result<(), StoreError> {
     let is_plain = schema
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -426,7 +426,7 @@ fn schema_check(schema: &str, shown: &str) -> Result<(), StoreError> {
         return Ok(());
     }
     Err(StoreError::Open {
-        path: shown.to_owned(),
+        path: url_redacted.to_owned(),
         message: format!(
             "invalid schema name {schema:?}: expected at most {SCHEMA_LEN_MAX} lowercase ASCII \
              letters, digits and underscores, not starting with a digit"
@@ -435,7 +435,7 @@ fn schema_check(schema: &str, shown: &str) -> Result<(), StoreError> {
 }
 
 /// Describes the server and database of `config` for messages, leaving out the password.
-fn config_shown(config: &Config) -> String {
+fn config_url_redacted(config: &Config) -> String {
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
         Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),

@@ -63,6 +63,7 @@ pub(crate) async fn attempt_start(
         &[job_id, &start.step_id, &item, &number, &start.now],
     )
     .await?;
+
     let data = json!({ "worker_id": start.worker_id });
     let mut event = step_event(
         "attempt.started",

@@ -13,7 +13,7 @@ use oaj_store::sqlite::SqliteStore;
 use oaj_store::PostgresStore;
 use oaj_store::Store;
 
-/// Where the database lives: an embedded SQLite file, or a PostgreSQL server.
+/// Database location: an embedded SQLite file, or a PostgreSQL server.
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// SQLite database file; created if missing. Default: $XDG_DATA_HOME/oaj/oaj.db, or
@@ -63,8 +63,8 @@ impl DbArgs {
             let store = PostgresStore::connect(url)
                 .await
                 .context("cannot open the PostgreSQL store given by --database")?;
-            let shown = store.shown().to_owned();
-            return Ok((Arc::new(store), shown));
+            let location = store.url_redacted().to_owned();
+            return Ok((Arc::new(store), location));
         }
         let path = self.path()?;
         let store = SqliteStore::open(&path)?;
