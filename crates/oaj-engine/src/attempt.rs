@@ -8,10 +8,11 @@ use oaj_core::{RetryDecision, RetryPolicy};
 use oaj_store::{AttemptFinish, AttemptStart, AttemptState, Lease, StepState, StoreError};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, warn};
 
 use crate::agent::{Agent, AgentCall, AgentError, AgentOutput};
 use crate::engine::Shared;
+use crate::job_runner::Signal;
 
 /// Everything an attempt needs, gathered by the job runner.
 pub(crate) struct AttemptPlan {
@@ -77,7 +78,8 @@ pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> Attem
     };
     debug!("attempt started");
     let result = call_agent(&shared, &plan).await;
-    drop(permits);
+    // The end time is read before the slot is freed, so that recorded attempts under one limit
+    // never appear to overlap.
     let finish = attempt_finish(
         &plan,
         attempt_id,
@@ -85,9 +87,17 @@ pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> Attem
         shared.clock.now_ms(),
         rand::random(),
     );
+    drop(permits);
     let outcome = outcome_of(&finish);
     match shared.store.attempt_finish(finish).await {
-        Ok(()) => outcome,
+        Ok(None) => outcome,
+        Ok(Some(control)) => {
+            // The runner reads this signal before it starts anything else, so a pause or cancel
+            // requested while this attempt ran stops the next one without waiting for the
+            // heartbeat that would also deliver it.
+            shared.signal_job(&plan.lease.job_id, Signal::from(control));
+            outcome
+        }
         Err(error) => store_error(error),
     }
 }
@@ -111,7 +121,10 @@ async fn call_agent(shared: &Shared, plan: &AttemptPlan) -> CallResult {
         cancel: cancel.clone(),
     };
     let agent = plan.agent.clone();
-    let call_future = agent.call(call);
+    // The call runs in a task of its own, so that an agent that panics fails its attempt
+    // instead of the job runner; the guard aborts the task if the attempt is abandoned.
+    let task = AbortOnDrop(tokio::spawn(async move { agent.call(call).await }));
+    let call_future = join_call(task, plan.agent_name.clone());
     tokio::pin!(call_future);
     let timeout = plan.timeout.unwrap_or(Duration::MAX);
     // Biased so that a cancel wins over the agent's own "cancelled" error when both are ready:
@@ -134,6 +147,42 @@ async fn call_agent(shared: &Shared, plan: &AttemptPlan) -> CallResult {
         CallResult::TimedOut(timeout)
     } else {
         CallResult::Cancelled
+    }
+}
+
+/// Aborts a spawned agent call when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<AgentOutput, AgentError>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn join_call(mut task: AbortOnDrop, agent_name: String) -> Result<AgentOutput, AgentError> {
+    match (&mut task.0).await {
+        Ok(result) => result,
+        Err(error) if error.is_panic() => {
+            warn!(agent = %agent_name, "agent panicked");
+            Err(AgentError::permanent(format!(
+                "agent {agent_name:?} panicked: {}",
+                panic_message(error)
+            )))
+        }
+        Err(_) => Err(AgentError::retryable(format!(
+            "agent {agent_name:?} call was aborted"
+        ))),
+    }
+}
+
+fn panic_message(error: tokio::task::JoinError) -> String {
+    let payload = error.into_panic();
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "no message".to_owned()
     }
 }
 

@@ -205,8 +205,10 @@ impl Engine {
         );
         let runner = JobRunner::new(shared.clone(), claimed, loaded, receiver);
         runners.spawn(async move {
+            // Dropped even if the runner panics, so the heartbeat stops renewing the lease and
+            // maintenance rescues the job instead of it staying running forever.
+            let _held = HeldGuard { shared, job_id };
             runner.run().await;
-            shared.held_remove(&job_id);
         });
     }
 }
@@ -257,7 +259,12 @@ impl Shared {
     }
 
     fn held_remove(&self, job_id: &str) {
-        self.held.lock().expect("held jobs lock").remove(job_id);
+        // Called from a drop guard during unwinding too, where a second panic would abort.
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.remove(job_id);
     }
 
     fn held_leases(&self) -> Vec<Lease> {
@@ -275,10 +282,22 @@ impl Shared {
         }
     }
 
-    fn signal_job(&self, job_id: &str, signal: Signal) {
+    pub(crate) fn signal_job(&self, job_id: &str, signal: Signal) {
         if let Some(held) = self.held.lock().expect("held jobs lock").get(job_id) {
             raise(&held.signal, signal);
         }
+    }
+}
+
+/// Removes a job from the held jobs when its runner ends.
+struct HeldGuard {
+    shared: Arc<Shared>,
+    job_id: String,
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.shared.held_remove(&self.job_id);
     }
 }
 
@@ -336,11 +355,7 @@ fn apply_lease_statuses(shared: &Shared, statuses: Vec<LeaseStatus>) {
                 job_id,
                 control: Some(control),
             } => {
-                let signal = match control {
-                    oaj_store::Control::Cancel => Signal::Cancel,
-                    oaj_store::Control::Pause => Signal::Pause,
-                };
-                shared.signal_job(&job_id, signal);
+                shared.signal_job(&job_id, Signal::from(control));
             }
             LeaseStatus::Held { .. } => {}
             LeaseStatus::Lost { job_id } => {

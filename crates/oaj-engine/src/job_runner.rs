@@ -22,7 +22,8 @@ use crate::attempt::{attempt_run, AttemptOutcome, AttemptPlan};
 use crate::engine::Shared;
 use crate::loaded_workflow::{LoadedWorkflow, StepAction};
 
-/// What the engine asks of a running job, set by the heartbeat and by shutdown.
+/// What the engine asks of a running job, set by the heartbeat, by the end of an attempt and by
+/// shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
     Run,
@@ -30,6 +31,15 @@ pub(crate) enum Signal {
     Cancel,
     Shutdown,
     Lost,
+}
+
+impl From<oaj_store::Control> for Signal {
+    fn from(control: oaj_store::Control) -> Signal {
+        match control {
+            oaj_store::Control::Cancel => Signal::Cancel,
+            oaj_store::Control::Pause => Signal::Pause,
+        }
+    }
 }
 
 /// Why the job runner stopped before it could write an outcome.

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use oaj_core::plan::Plan;
 use oaj_core::retry_policy::seconds;
-use oaj_core::validate::workflow_parse;
 use oaj_core::workflow::Step;
 use oaj_core::RetryPolicy;
 
@@ -46,7 +45,7 @@ impl LoadedWorkflow {
         registry: &AgentRegistry,
         http: &reqwest::Client,
     ) -> Result<LoadedWorkflow, String> {
-        let workflow = workflow_parse(document)
+        let workflow = crate::submit::workflow_parse_registered(document, registry)
             .map_err(|report| format!("stored workflow is invalid: {report}"))?;
         let inline: HashMap<&str, Arc<dyn Agent>> = workflow
             .agents

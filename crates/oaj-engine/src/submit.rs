@@ -1,6 +1,6 @@
 //! Registering workflows and submitting jobs through the engine, with validation first.
 
-use oaj_core::validate::{input_check, workflow_parse, Report};
+use oaj_core::validate::{input_check, workflow_parse_validate, Report};
 use oaj_core::{Priority, Workflow};
 use oaj_store::{DependencyFailure, JobNew, JobRef, StoreError, WorkflowInserted, WorkflowRecord};
 use serde_json::Value;
@@ -63,7 +63,9 @@ impl Engine {
         &self,
         text: &str,
     ) -> Result<(Workflow, WorkflowInserted), SubmitError> {
-        let workflow = workflow_parse(text).map_err(SubmitError::WorkflowInvalid)?;
+        let workflow = self
+            .workflow_parse(text)
+            .map_err(SubmitError::WorkflowInvalid)?;
         let document: Value =
             serde_json::from_str(text).expect("a document that parsed as a workflow is JSON");
         let record = WorkflowRecord {
@@ -95,6 +97,11 @@ impl Engine {
         Ok(self.store().job_insert_many(jobs, batch_id).await?)
     }
 
+    /// Parses and validates a document; agents registered with this engine count as known.
+    pub fn workflow_parse(&self, text: &str) -> Result<Workflow, Report> {
+        workflow_parse_registered(text, self.registry())
+    }
+
     async fn job_new(&self, submit: JobSubmit) -> Result<JobNew, SubmitError> {
         let version = submit.workflow_version.as_deref();
         let record = self
@@ -105,7 +112,9 @@ impl Engine {
                 id: submit.workflow_id.clone(),
                 version: version.unwrap_or("latest").to_owned(),
             })?;
-        let workflow = workflow_parse(&record.document).map_err(SubmitError::WorkflowInvalid)?;
+        let workflow = self
+            .workflow_parse(&record.document)
+            .map_err(SubmitError::WorkflowInvalid)?;
         let input = input_check(&workflow, &submit.input).map_err(SubmitError::InputInvalid)?;
         let default_priority = workflow
             .defaults
@@ -130,4 +139,13 @@ impl Engine {
             created_at: self.clock().now_ms(),
         })
     }
+}
+
+/// Parses and validates a document, counting the agents of `registry` as known components.
+pub(crate) fn workflow_parse_registered(
+    text: &str,
+    registry: &crate::agent::AgentRegistry,
+) -> Result<Workflow, Report> {
+    let validation = workflow_parse_validate(text, &|name| registry.get(name).is_some());
+    validation.workflow.ok_or(validation.report)
 }

@@ -32,6 +32,16 @@ pub enum StoreError {
         /// Version.
         version: String,
     },
+    /// A workflow version cannot be deleted because a stored job runs with it.
+    #[error("workflow {id} version {version} is used by job {job_id}: delete its jobs first")]
+    WorkflowInUse {
+        /// Workflow id.
+        id: String,
+        /// Version.
+        version: String,
+        /// One job that uses it.
+        job_id: String,
+    },
     /// A workflow version is not a semantic version (such as `1.2.0`), so versions cannot be
     /// ordered.
     #[error(
@@ -67,12 +77,12 @@ pub enum StoreError {
     #[error("invalid dependency: {0}")]
     DependencyInvalid(String),
     /// No step run matches, or it is not waiting for a decision.
-    #[error("step {step_id} of job {job_id} is not waiting for approval")]
+    #[error("{}", approval_not_waiting(job_id, step_id.as_deref()))]
     ApprovalNotWaiting {
         /// The job.
         job_id: String,
-        /// The step.
-        step_id: String,
+        /// The step the decision named, or `None` when it named none.
+        step_id: Option<String>,
     },
     /// No running attempt of the job has this id, so it cannot be finished (it ended already, or
     /// the id belongs to another job).
@@ -112,4 +122,11 @@ pub enum StoreError {
     /// The store was shut down.
     #[error("the store is closed")]
     Closed,
+}
+
+fn approval_not_waiting(job_id: &str, step_id: Option<&str>) -> String {
+    match step_id {
+        Some(step_id) => format!("step {step_id} of job {job_id} is not waiting for approval"),
+        None => format!("job {job_id} has no step waiting for approval"),
+    }
 }

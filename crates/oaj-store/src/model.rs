@@ -33,6 +33,7 @@ pub enum WorkflowInserted {
 }
 
 /// A reference to a job that a new job depends on.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum JobRef {
@@ -43,6 +44,7 @@ pub enum JobRef {
 }
 
 /// What a job does when one of its dependencies fails or is cancelled.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DependencyFailure {
@@ -83,6 +85,7 @@ pub struct JobNew {
 }
 
 /// A stored job.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     /// Job id (a UUIDv7, so ids sort by creation time).
@@ -92,8 +95,10 @@ pub struct Job {
     /// Workflow version the job runs with.
     pub workflow_version: String,
     /// Current state.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub state: JobState,
     /// Claim priority.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub priority: Priority,
     /// Input after validation.
     pub input: Value,
@@ -142,6 +147,7 @@ pub struct Job {
 }
 
 /// A request from a user that the worker holding a running job acts on.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Control {
@@ -165,6 +171,7 @@ pub enum JobAction {
 }
 
 /// The state of one step run.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
@@ -238,6 +245,7 @@ impl fmt::Display for StepState {
 
 /// The state of one step inside one job; a fan-out step has one for the step (item `None`) and
 /// one per item.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRun {
     /// Job id.
@@ -267,6 +275,7 @@ pub struct StepRun {
 }
 
 /// A human's decision on an approval step.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApprovalDecision {
     /// `true` for approve, `false` for reject.
@@ -280,6 +289,7 @@ pub struct ApprovalDecision {
 }
 
 /// How an attempt ended.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptState {
@@ -330,6 +340,7 @@ impl FromStr for AttemptState {
 }
 
 /// One try of a step run.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     /// Row id.
@@ -363,6 +374,7 @@ pub struct Attempt {
 }
 
 /// An immutable record of a state change.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Sequence number, increasing across the whole store.
@@ -612,4 +624,76 @@ pub struct MaintenanceParams {
     pub retention_ms: Option<i64>,
     /// Most rows each part of the pass touches, so that one pass stays short.
     pub batch_size: u32,
+}
+
+/// The order of a [`JobQuery`]. Every order sorts on a key that never changes once a job is
+/// stored, with the job id as the tie-breaker, so that a cursor neither skips nor repeats a job
+/// while other jobs are inserted or change state.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobSort {
+    /// Newest first (the default).
+    #[default]
+    CreatedDesc,
+    /// Oldest first.
+    CreatedAsc,
+    /// Highest priority first, then newest first.
+    PriorityDesc,
+}
+
+/// The position after the last job of a page: its sort key and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCursor {
+    /// The sort key of the last job: `created_at`, or the priority rank for
+    /// [`JobSort::PriorityDesc`] (whose ties then go by `created_at` and id).
+    pub key: i64,
+    /// `created_at` of the last job, used by [`JobSort::PriorityDesc`] only.
+    pub created_at: i64,
+    /// Id of the last job.
+    pub id: String,
+}
+
+impl JobCursor {
+    /// Returns the cursor that continues a page of `sort` after `job`.
+    pub fn after(job: &Job, sort: JobSort) -> JobCursor {
+        let key = match sort {
+            JobSort::CreatedDesc | JobSort::CreatedAsc => job.created_at,
+            JobSort::PriorityDesc => job.priority.rank(),
+        };
+        JobCursor {
+            key,
+            created_at: job.created_at,
+            id: job.id.clone(),
+        }
+    }
+}
+
+/// Which jobs to list, in which order, from which position.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobQuery {
+    /// Only jobs in one of these states; all states when empty.
+    pub states: Vec<JobState>,
+    /// Only jobs of this workflow.
+    pub workflow_id: Option<String>,
+    /// Only jobs of this batch.
+    pub batch_id: Option<String>,
+    /// Only jobs that carry every one of these tags.
+    pub tags: Vec<String>,
+    /// Only jobs of this priority.
+    pub priority: Option<Priority>,
+    /// Only jobs created at or after this time.
+    pub created_from: Option<i64>,
+    /// Only jobs created before this time.
+    pub created_until: Option<i64>,
+    /// Only jobs that finished at or after this time.
+    pub finished_from: Option<i64>,
+    /// Only jobs that finished before this time.
+    pub finished_until: Option<i64>,
+    /// The order.
+    pub sort: JobSort,
+    /// Only jobs after this position in the order (the cursor of the previous page).
+    pub after: Option<JobCursor>,
+    /// Most jobs returned; the store may cap it.
+    pub limit: u32,
 }

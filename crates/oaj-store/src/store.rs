@@ -36,6 +36,14 @@ pub trait Store: Send + Sync + 'static {
     /// Lists the highest version of every workflow, by id.
     async fn workflow_list(&self) -> Result<Vec<WorkflowRecord>, StoreError>;
 
+    /// Lists every stored version of a workflow, highest first (same order as
+    /// [`Store::workflow_get`] uses for the latest). Empty when the id is unknown.
+    async fn workflow_versions(&self, id: &str) -> Result<Vec<WorkflowRecord>, StoreError>;
+
+    /// Deletes one workflow version. Fails with [`StoreError::WorkflowNotFound`] when it is not
+    /// stored, and with [`StoreError::WorkflowInUse`] while any stored job runs with it.
+    async fn workflow_delete(&self, id: &str, version: &str) -> Result<(), StoreError>;
+
     /// Inserts jobs in one transaction and returns their ids in order. A job whose dependencies
     /// have not all completed, or whose `run_at` is in the future, is pending; others are queued.
     /// A dependency that already failed or was cancelled fails the new job at once (unless it asks
@@ -53,6 +61,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Lists jobs, newest first, with filters and a cursor.
     async fn job_list(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError>;
+
+    /// Lists jobs matching `query` in its order, starting after its cursor. Paging with
+    /// [`JobCursor::after`] of each page's last job neither skips nor repeats a job, because every
+    /// [`JobSort`] orders by keys that never change.
+    async fn job_query(&self, query: JobQuery) -> Result<Vec<Job>, StoreError>;
+
+    /// Counts queued jobs by priority; priorities with no queued job are absent.
+    async fn queue_depth(&self) -> Result<BTreeMap<oaj_core::Priority, u64>, StoreError>;
 
     /// Counts jobs by state, from counters kept up to date on every change.
     async fn job_counts(&self) -> Result<BTreeMap<JobState, u64>, StoreError>;
@@ -89,7 +105,9 @@ pub trait Store: Send + Sync + 'static {
     async fn attempt_start(&self, start: AttemptStart) -> Result<i64, StoreError>;
 
     /// Records the end of an attempt and the new state of its step run. Fenced by the lease.
-    async fn attempt_finish(&self, finish: AttemptFinish) -> Result<(), StoreError>;
+    /// Returns the request (cancel or pause) pending on the job, so that the worker honours it
+    /// before it starts another attempt instead of waiting for its next lease renewal.
+    async fn attempt_finish(&self, finish: AttemptFinish) -> Result<Option<Control>, StoreError>;
 
     /// Changes a step run without an attempt (skip, fan-out start, gather, approval wait).
     /// Fenced by the lease.

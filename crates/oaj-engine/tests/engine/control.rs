@@ -1,10 +1,13 @@
 //! Cancel, pause, resume and retry of jobs while they run.
 
+use std::time::Duration;
+
 use oaj_core::JobState;
+use oaj_engine::EngineConfig;
 use oaj_store::{JobAction, StepState};
 use serde_json::json;
 
-use crate::harness::{lines, Harness};
+use crate::harness::{lines, test_config, Harness};
 
 fn append(path: &std::path::Path, line: &str) -> serde_json::Value {
     json!({"kind": "command", "command": ["sh", "-c", format!("echo {line} >> {}", path.display())]})
@@ -48,8 +51,10 @@ async fn pause_keeps_finished_steps_and_resume_continues() {
         ]
     });
     let job_id = harness.submit(&workflow, json!({})).await;
+    // Pause only once `second` runs: a pause that arrives while `first` is still being recorded
+    // rightly keeps `second` from starting at all.
     harness
-        .wait_for(&job_id, |_| lines(&log) == ["first"])
+        .wait_step_state(&job_id, "second", StepState::Running)
         .await;
     harness
         .store()
@@ -132,7 +137,7 @@ async fn shutdown_lets_attempts_finish_and_requeues_job() {
     });
     let job_id = harness.submit(&workflow, json!({})).await;
     harness
-        .wait_for(&job_id, |job| job.state == JobState::Running)
+        .wait_step_state(&job_id, "first", StepState::Running)
         .await;
     harness.stop().await;
 
@@ -152,4 +157,51 @@ async fn shutdown_lets_attempts_finish_and_requeues_job() {
         .iter()
         .any(|run| run.step_id == "second");
     assert!(!second_ran, "nothing new starts during shutdown");
+}
+
+#[tokio::test]
+async fn pause_between_heartbeats_stops_next_step() {
+    // Regression: a pause requested while an attempt ran reached the runner only with the next
+    // heartbeat, so a step that ended before it let the following step start.
+    let config = EngineConfig {
+        heartbeat: Duration::from_secs(3600),
+        ..test_config()
+    };
+    let harness = Harness::start_with(config, true).await;
+    let log = harness.path("steps.log");
+    let marker = harness.path("marker");
+    let gate = format!(
+        "echo gate >> {}; while [ ! -e {} ]; do sleep 0.02; done",
+        log.display(),
+        marker.display()
+    );
+    let workflow = json!({
+        "id": "paused-between-heartbeats",
+        "agents": {
+            "gate": {"kind": "command", "command": ["sh", "-c", gate]},
+            "after": append(&log, "after")
+        },
+        "steps": [
+            {"id": "gate", "component": "gate"},
+            {"id": "after", "component": "after", "depends_on": ["gate"]}
+        ]
+    });
+    let job_id = harness.submit(&workflow, json!({})).await;
+    harness
+        .wait_step_state(&job_id, "gate", StepState::Running)
+        .await;
+
+    harness
+        .store()
+        .job_action(&job_id, JobAction::Pause, 0)
+        .await
+        .unwrap();
+    std::fs::write(&marker, "").unwrap();
+
+    harness.wait_state(&job_id, JobState::Paused).await;
+    assert_eq!(
+        lines(&log),
+        ["gate"],
+        "no step starts after the pause request"
+    );
 }

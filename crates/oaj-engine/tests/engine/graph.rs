@@ -115,3 +115,74 @@ async fn failed_step_fails_job_unless_it_continues() {
         StepState::Skipped
     );
 }
+
+/// An agent that an embedding application registers: it upper-cases `text`.
+struct Upper;
+
+#[async_trait::async_trait]
+impl oaj_engine::agent::Agent for Upper {
+    async fn call(
+        &self,
+        call: oaj_engine::agent::AgentCall,
+    ) -> Result<oaj_engine::agent::AgentOutput, oaj_engine::agent::AgentError> {
+        let text = call.input["text"]
+            .as_str()
+            .ok_or_else(|| oaj_engine::agent::AgentError::permanent("missing text"))?;
+        let output = json!({"text": text.to_uppercase(), "capability": call.capability});
+        Ok(oaj_engine::agent::AgentOutput {
+            output,
+            ..Default::default()
+        })
+    }
+}
+
+#[tokio::test]
+async fn registered_rust_agent_runs_steps() {
+    let mut registry = oaj_engine::agent::AgentRegistry::with_builtins();
+    registry.register("upper", std::sync::Arc::new(Upper));
+    let harness = Harness::start_with_registry(crate::harness::test_config(), registry, true).await;
+    let workflow = json!({
+        "id": "registered",
+        "steps": [{"id": "shout", "component": "upper.loudly", "inputs": {"text": "quiet"}}]
+    });
+    let job_id = harness.submit(&workflow, json!({})).await;
+    let job = harness.wait_final(&job_id).await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+    assert_eq!(
+        job.result.unwrap()["shout"],
+        json!({"text": "QUIET", "capability": "loudly"})
+    );
+}
+
+/// An agent with a bug: it panics on every call.
+struct Panics;
+
+#[async_trait::async_trait]
+impl oaj_engine::agent::Agent for Panics {
+    async fn call(
+        &self,
+        _call: oaj_engine::agent::AgentCall,
+    ) -> Result<oaj_engine::agent::AgentOutput, oaj_engine::agent::AgentError> {
+        panic!("bug in the agent")
+    }
+}
+
+#[tokio::test]
+async fn panicking_agent_fails_its_step_only() {
+    let mut registry = oaj_engine::agent::AgentRegistry::with_builtins();
+    registry.register("buggy", std::sync::Arc::new(Panics));
+    let harness = Harness::start_with_registry(crate::harness::test_config(), registry, true).await;
+    let workflow = json!({
+        "id": "panics",
+        "steps": [{"id": "crash", "component": "buggy", "retry": {"max_attempts": 3, "delay_seconds": 0.01}}]
+    });
+    let job_id = harness.submit(&workflow, json!({})).await;
+    let job = harness.wait_final(&job_id).await;
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.error.unwrap().contains("bug in the agent"));
+    assert_eq!(
+        harness.step(&job_id, "crash").await.attempts,
+        1,
+        "a panic is not retried"
+    );
+}

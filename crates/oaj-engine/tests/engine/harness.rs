@@ -7,7 +7,7 @@ use std::time::Duration;
 use oaj_core::{JobState, SystemClock};
 use oaj_engine::agent::AgentRegistry;
 use oaj_engine::{Engine, EngineConfig, JobSubmit};
-use oaj_store::{Job, SqliteStore, StepRun, Store};
+use oaj_store::{Job, SqliteStore, StepRun, StepState, Store};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -41,14 +41,18 @@ impl Harness {
 
     /// Starts an engine with `config`; with `running` false the engine is built but not started.
     pub async fn start_with(config: EngineConfig, running: bool) -> Harness {
+        Harness::start_with_registry(config, AgentRegistry::with_builtins(), running).await
+    }
+
+    /// Starts an engine with `config` and the agents of `registry`.
+    pub async fn start_with_registry(
+        config: EngineConfig,
+        registry: AgentRegistry,
+        running: bool,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("temporary folder");
         let store = SqliteStore::open(&dir.path().join("oaj.db")).expect("open store");
-        let engine = Engine::new(
-            Arc::new(store),
-            AgentRegistry::with_builtins(),
-            Arc::new(SystemClock),
-            config,
-        );
+        let engine = Engine::new(Arc::new(store), registry, Arc::new(SystemClock), config);
         let mut harness = Harness {
             engine,
             dir,
@@ -139,6 +143,25 @@ impl Harness {
     /// Waits until the job is in `state`.
     pub async fn wait_state(&self, job_id: &str, state: JobState) -> Job {
         self.wait_for(job_id, |job| job.state == state).await
+    }
+
+    /// Waits until the step run of `step_id` (the step itself, not an item) is in `state`.
+    pub async fn wait_step_state(&self, job_id: &str, step_id: &str, state: StepState) {
+        let wait = async {
+            loop {
+                let runs = self.steps(job_id).await;
+                if runs
+                    .iter()
+                    .any(|run| run.step_id == step_id && run.item.is_none() && run.state == state)
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .expect("step reached the expected state")
     }
 
     /// Returns the job's step runs.

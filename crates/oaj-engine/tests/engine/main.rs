@@ -5,5 +5,6 @@ mod harness;
 mod approval;
 mod control;
 mod graph;
+mod limits;
 mod retry;
 mod scheduling;

@@ -142,7 +142,7 @@ async fn approval_step(tx: &PgTx<'_>, decide: &ApprovalDecide) -> Result<String,
         .await?;
     let not_waiting = || StoreError::ApprovalNotWaiting {
         job_id: decide.job_id.clone(),
-        step_id: decide.step_id.clone().unwrap_or_else(|| "(any)".to_owned()),
+        step_id: decide.step_id.clone(),
     };
     // A step that has a decision already waits only for the worker to act on it.
     let mut waiting = Vec::new();

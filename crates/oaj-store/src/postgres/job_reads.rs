@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use oaj_core::JobState;
+use oaj_core::{JobState, Priority};
 use tokio_postgres::types::ToSql;
 
 use super::db::Db;
 use super::job_moves::job_head;
 use super::rows::{
     attempt_columns, attempt_from_row, decode_all, event_columns, event_from_row, job_columns,
-    job_from_row, step_run_columns, step_run_from_row,
+    job_from_row, priority_from_rank, step_run_columns, step_run_from_row,
 };
 use super::tx::PgTx;
 use crate::error::StoreError;
@@ -18,6 +18,8 @@ use crate::sqlite::errors::corrupt;
 
 const SELECT_JOB: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
 const SELECT_JOBS: &str = concat!("SELECT ", job_columns!(), " FROM jobs");
+const SELECT_QUEUE_DEPTH: &str =
+    "SELECT priority, COUNT(*) FROM jobs WHERE state = 'queued' GROUP BY priority";
 const SELECT_COUNTS: &str = "SELECT state, count FROM job_counts";
 const SELECT_STEP_RUNS: &str = concat!(
     "SELECT ",
@@ -104,6 +106,18 @@ pub(crate) async fn job_counts(db: Db<'_>) -> Result<BTreeMap<JobState, u64>, St
         counts.insert(state, count);
     }
     Ok(counts)
+}
+
+/// Counts queued jobs by priority.
+pub(crate) async fn queue_depth(db: Db<'_>) -> Result<BTreeMap<Priority, u64>, StoreError> {
+    let mut depth = BTreeMap::new();
+    for row in db.query(SELECT_QUEUE_DEPTH, &[]).await? {
+        let priority = priority_from_rank(row.try_get(0)?)?;
+        let count: i64 = row.try_get(1)?;
+        let count = u64::try_from(count).map_err(|_| corrupt("count", count))?;
+        depth.insert(priority, count);
+    }
+    Ok(depth)
 }
 
 /// Lists a job's step runs by step id, then item (the step itself first).

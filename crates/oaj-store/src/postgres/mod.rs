@@ -15,6 +15,7 @@ mod db;
 mod errors;
 mod job_insert;
 mod job_moves;
+mod job_query;
 mod job_reads;
 mod leader;
 mod listener;
@@ -259,6 +260,20 @@ impl Store for PostgresStore {
         workflows::workflow_list(Db::Client(&client)).await
     }
 
+    async fn workflow_versions(&self, id: &str) -> Result<Vec<WorkflowRecord>, StoreError> {
+        let client = self.client().await?;
+        workflows::workflow_versions(Db::Client(&client), id).await
+    }
+
+    async fn workflow_delete(&self, id: &str, version: &str) -> Result<(), StoreError> {
+        in_transaction!(self, |tx| workflows::workflow_delete(
+            &mut tx,
+            &self.workflows,
+            id,
+            version
+        ))
+    }
+
     async fn job_insert_many(
         &self,
         jobs: Vec<JobNew>,
@@ -280,6 +295,16 @@ impl Store for PostgresStore {
     async fn job_list(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError> {
         let client = self.client().await?;
         job_reads::job_list(Db::Client(&client), &filter).await
+    }
+
+    async fn job_query(&self, query: JobQuery) -> Result<Vec<Job>, StoreError> {
+        let client = self.client().await?;
+        job_query::job_query(Db::Client(&client), &query).await
+    }
+
+    async fn queue_depth(&self) -> Result<BTreeMap<oaj_core::Priority, u64>, StoreError> {
+        let client = self.client().await?;
+        job_reads::queue_depth(Db::Client(&client)).await
     }
 
     async fn job_counts(&self) -> Result<BTreeMap<JobState, u64>, StoreError> {
@@ -330,7 +355,7 @@ impl Store for PostgresStore {
         in_transaction!(self, |tx| worker_writes::attempt_start(&mut tx, &start))
     }
 
-    async fn attempt_finish(&self, finish: AttemptFinish) -> Result<(), StoreError> {
+    async fn attempt_finish(&self, finish: AttemptFinish) -> Result<Option<Control>, StoreError> {
         in_transaction!(self, |tx| worker_writes::attempt_finish(&mut tx, &finish))
     }
 

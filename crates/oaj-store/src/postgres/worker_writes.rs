@@ -8,7 +8,10 @@ use super::claims::lease_check;
 use super::job_moves::{job_end, job_head, job_move, JobMove};
 use super::tx::PgTx;
 use crate::error::StoreError;
-use crate::model::{AttemptFinish, AttemptStart, Event, JobFinish, JobOutcome, StepUpdate};
+use crate::model::{
+    AttemptFinish, AttemptStart, Control, Event, JobFinish, JobOutcome, StepUpdate,
+};
+use crate::sqlite::claims::control_parse;
 use crate::sqlite::rows::item_to_column;
 
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_id, step_id, item, number, worker_id,
@@ -31,6 +34,9 @@ const UPSERT_STEP: &str = "INSERT INTO step_runs (job_id, step_id, item, state, 
     output = COALESCE(excluded.output, step_runs.output), error = excluded.error,
     items_total = COALESCE(excluded.items_total, step_runs.items_total),
     updated_at = excluded.updated_at";
+// The job's row is locked since the lease check, so no request can arrive between this read and
+// the commit.
+const SELECT_CONTROL: &str = "SELECT control FROM jobs WHERE id = $1";
 const SELECT_DECIDED_WAITING: &str = "SELECT EXISTS (SELECT 1 FROM step_runs
     WHERE job_id = $1 AND state = 'waiting' AND decision_at IS NOT NULL)";
 
@@ -78,11 +84,12 @@ pub(crate) async fn attempt_start(
     Ok(id)
 }
 
-/// Records the end of an attempt, the new state of its step run and the tokens it used.
+/// Records the end of an attempt, the new state of its step run and the tokens it used, and
+/// returns the request pending on the job.
 pub(crate) async fn attempt_finish(
     tx: &mut PgTx<'_>,
     finish: &AttemptFinish,
-) -> Result<(), StoreError> {
+) -> Result<Option<Control>, StoreError> {
     lease_check(tx, &finish.lease).await?;
     let job_id = &finish.lease.job_id;
     let row = tx
@@ -146,7 +153,9 @@ pub(crate) async fn attempt_finish(
             .map_err(|_| crate::sqlite::errors::corrupt("attempts.number", number))?,
     );
     tx.event_add(event);
-    Ok(())
+
+    let control: Option<String> = tx.db().query_value(SELECT_CONTROL, &[job_id]).await?;
+    control_parse(control.as_deref())
 }
 
 /// Changes a step run without an attempt and writes its `step.<state>` event.

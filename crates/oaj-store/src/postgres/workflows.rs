@@ -21,13 +21,24 @@ const SELECT_LATEST: &str = "SELECT id, version, document, created_at FROM workf
 const SELECT_LATEST_EACH: &str = "SELECT DISTINCT ON (id COLLATE \"C\") id, version, document,
     created_at FROM workflows ORDER BY id COLLATE \"C\", version_major DESC, version_minor DESC,
     version_patch DESC, version_is_release DESC, version COLLATE \"C\" DESC";
+const SELECT_VERSIONS: &str = "SELECT id, version, document, created_at FROM workflows
+    WHERE id = $1 ORDER BY version_major DESC, version_minor DESC, version_patch DESC,
+    version_is_release DESC, version COLLATE \"C\" DESC";
+// FOR UPDATE conflicts with the FOR KEY SHARE lock that the foreign key check of a job insert
+// takes on the version's row. The delete therefore waits for such an insert to commit, and the
+// next statement reads its job. A job insert that comes after the lock waits for the delete, then
+// fails on the foreign key.
+const LOCK_ONE: &str = "SELECT 1 FROM workflows WHERE id = $1 AND version = $2 FOR UPDATE";
+const SELECT_USER: &str =
+    "SELECT id FROM jobs WHERE workflow_id = $1 AND workflow_version = $2 LIMIT 1";
+const DELETE: &str = "DELETE FROM workflows WHERE id = $1 AND version = $2";
 // A concurrent insert of the same version wins the race; the loser then compares documents.
 const INSERT: &str = "INSERT INTO workflows (id, version, version_major, version_minor,
     version_patch, version_is_release, document, created_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id, version) DO NOTHING";
 
 /// Workflow versions read so far, by id and version. Versions never change once stored, so an
-/// entry never goes stale.
+/// entry goes stale only when the version is deleted.
 #[derive(Debug, Default)]
 pub(crate) struct WorkflowCache {
     records: Mutex<HashMap<(String, String), WorkflowRecord>>,
@@ -53,6 +64,15 @@ impl WorkflowCache {
             self.lock().insert(key, record.clone());
         }
         Ok(record)
+    }
+
+    /// Removes a deleted version from the cache.
+    ///
+    /// NOTE: only this process's cache drops it. Another process may still find the version
+    /// in its cache, and its job inserts then fail on the foreign key to `workflows` instead of
+    /// with [`StoreError::WorkflowNotFound`].
+    pub(crate) fn remove(&self, id: &str, version: &str) {
+        self.lock().remove(&(id.to_owned(), version.to_owned()));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), WorkflowRecord>> {
@@ -133,6 +153,40 @@ pub(crate) async fn workflow_get(
 /// Lists the highest version of every workflow, by id.
 pub(crate) async fn workflow_list(db: Db<'_>) -> Result<Vec<WorkflowRecord>, StoreError> {
     decode_all(db.query(SELECT_LATEST_EACH, &[]).await?, record_from_row)
+}
+
+/// Lists every version of a workflow, highest first.
+pub(crate) async fn workflow_versions(
+    db: Db<'_>,
+    id: &str,
+) -> Result<Vec<WorkflowRecord>, StoreError> {
+    decode_all(db.query(SELECT_VERSIONS, &[&id]).await?, record_from_row)
+}
+
+/// Deletes a version that no job uses.
+pub(crate) async fn workflow_delete(
+    tx: &mut PgTx<'_>,
+    cache: &WorkflowCache,
+    id: &str,
+    version: &str,
+) -> Result<(), StoreError> {
+    let not_found = || StoreError::WorkflowNotFound {
+        id: id.to_owned(),
+        version: version.to_owned(),
+    };
+    tx.query_opt(LOCK_ONE, &[&id, &version])
+        .await?
+        .ok_or_else(not_found)?;
+    if let Some(row) = tx.query_opt(SELECT_USER, &[&id, &version]).await? {
+        return Err(StoreError::WorkflowInUse {
+            id: id.to_owned(),
+            version: version.to_owned(),
+            job_id: row.try_get(0)?,
+        });
+    }
+    tx.execute(DELETE, &[&id, &version]).await?;
+    cache.remove(id, version);
+    Ok(())
 }
 
 fn record_from_row(row: &Row) -> Result<WorkflowRecord, StoreError> {

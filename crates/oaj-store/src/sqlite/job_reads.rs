@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use oaj_core::JobState;
+use oaj_core::{JobState, Priority};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection};
 
@@ -17,6 +17,8 @@ use crate::model::{Attempt, Job, JobFilter, StepRun};
 
 const SELECT_JOB: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?1");
 const SELECT_JOBS: &str = concat!("SELECT ", job_columns!(), " FROM jobs");
+const SELECT_QUEUE_DEPTH: &str =
+    "SELECT priority, COUNT(*) FROM jobs WHERE state = 'queued' GROUP BY priority";
 const SELECT_COUNTS: &str = "SELECT state, count FROM job_counts";
 const SELECT_STEP_RUNS: &str = concat!(
     "SELECT ",
@@ -91,6 +93,19 @@ pub(crate) fn job_counts(conn: &Connection) -> Result<BTreeMap<JobState, u64>, S
         let count =
             u64::try_from(count).map_err(|_| super::errors::corrupt("job_counts.count", count))?;
         Ok((state, count))
+    })?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Counts queued jobs by priority.
+pub(crate) fn queue_depth(conn: &Connection) -> Result<BTreeMap<Priority, u64>, StoreError> {
+    let rows = query_all(conn, SELECT_QUEUE_DEPTH, [], |row| {
+        let rank: i64 = row.get(0)?;
+        let count: i64 = row.get(1)?;
+        let priority = Priority::from_rank(rank)
+            .ok_or_else(|| super::errors::corrupt("jobs.priority", rank))?;
+        let count = u64::try_from(count).map_err(|_| super::errors::corrupt("count", count))?;
+        Ok((priority, count))
     })?;
     Ok(rows.into_iter().collect())
 }

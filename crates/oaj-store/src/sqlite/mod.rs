@@ -8,6 +8,7 @@ pub(crate) mod errors;
 mod events;
 pub(crate) mod job_insert;
 pub(crate) mod job_moves;
+mod job_query;
 mod job_reads;
 pub(crate) mod maintenance;
 mod migrations;
@@ -132,6 +133,21 @@ impl Store for SqliteStore {
         self.readers.read(workflows::workflow_list).await
     }
 
+    async fn workflow_versions(&self, id: &str) -> Result<Vec<WorkflowRecord>, StoreError> {
+        let id = id.to_owned();
+        self.readers
+            .read(move |conn| workflows::workflow_versions(conn, &id))
+            .await
+    }
+
+    async fn workflow_delete(&self, id: &str, version: &str) -> Result<(), StoreError> {
+        let cache = Arc::clone(&self.workflows);
+        let (id, version) = (id.to_owned(), version.to_owned());
+        self.writer
+            .write(move |tx| workflows::workflow_delete(tx, &cache, &id, &version))
+            .await
+    }
+
     async fn job_insert_many(
         &self,
         jobs: Vec<JobNew>,
@@ -154,6 +170,16 @@ impl Store for SqliteStore {
         self.readers
             .read(move |conn| job_reads::job_list(conn, &filter))
             .await
+    }
+
+    async fn job_query(&self, query: JobQuery) -> Result<Vec<Job>, StoreError> {
+        self.readers
+            .read(move |conn| job_query::job_query(conn, &query))
+            .await
+    }
+
+    async fn queue_depth(&self) -> Result<BTreeMap<oaj_core::Priority, u64>, StoreError> {
+        self.readers.read(job_reads::queue_depth).await
     }
 
     async fn job_counts(&self) -> Result<BTreeMap<JobState, u64>, StoreError> {
@@ -219,7 +245,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn attempt_finish(&self, finish: AttemptFinish) -> Result<(), StoreError> {
+    async fn attempt_finish(&self, finish: AttemptFinish) -> Result<Option<Control>, StoreError> {
         self.writer
             .write(move |tx| worker_writes::attempt_finish(tx, &finish))
             .await

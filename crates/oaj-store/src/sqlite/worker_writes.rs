@@ -5,12 +5,14 @@ use oaj_core::Transition;
 use rusqlite::params;
 use serde_json::json;
 
-use super::claims::lease_check;
+use super::claims::{control_parse, lease_check};
 use super::job_moves::{job_end, job_head, job_move, JobMove};
 use super::rows::{item_to_column, query_first, query_value};
 use super::writer::WriteTx;
 use crate::error::StoreError;
-use crate::model::{AttemptFinish, AttemptStart, Event, JobFinish, JobOutcome, StepUpdate};
+use crate::model::{
+    AttemptFinish, AttemptStart, Control, Event, JobFinish, JobOutcome, StepUpdate,
+};
 
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_id, step_id, item, number, worker_id,
     lease_token, state, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7) RETURNING id";
@@ -31,6 +33,7 @@ const UPSERT_STEP: &str = "INSERT INTO step_runs (job_id, step_id, item, state, 
     ON CONFLICT (job_id, step_id, item) DO UPDATE SET state = excluded.state,
     output = COALESCE(excluded.output, output), error = excluded.error,
     items_total = COALESCE(excluded.items_total, items_total), updated_at = excluded.updated_at";
+const SELECT_CONTROL: &str = "SELECT control FROM jobs WHERE id = ?1";
 const SELECT_DECIDED_WAITING: &str = "SELECT EXISTS (SELECT 1 FROM step_runs
     WHERE job_id = ?1 AND state = 'waiting' AND decision_at IS NOT NULL)";
 
@@ -77,11 +80,12 @@ pub(crate) fn attempt_start(tx: &mut WriteTx<'_>, start: &AttemptStart) -> Resul
     Ok(id)
 }
 
-/// Records the end of an attempt, the new state of its step run and the tokens it used.
+/// Records the end of an attempt, the new state of its step run and the tokens it used, and
+/// returns the request pending on the job.
 pub(crate) fn attempt_finish(
     tx: &mut WriteTx<'_>,
     finish: &AttemptFinish,
-) -> Result<(), StoreError> {
+) -> Result<Option<Control>, StoreError> {
     lease_check(tx.conn, &finish.lease)?;
     let job_id = &finish.lease.job_id;
     let number = query_first(
@@ -132,7 +136,11 @@ pub(crate) fn attempt_finish(
         data,
         finish.now,
     );
-    tx.event_add(event.with_attempt(number))
+    tx.event_add(event.with_attempt(number))?;
+
+    let control = query_value::<Option<String>>(tx.conn, SELECT_CONTROL, [job_id])?
+        .expect("lease_check found the job");
+    control_parse(control.as_deref())
 }
 
 /// Changes a step run without an attempt and writes its `step.<state>` event.

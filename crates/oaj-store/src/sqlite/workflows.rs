@@ -22,6 +22,12 @@ const SELECT_LATEST_EACH: &str = "SELECT id, version, document, created_at FROM 
     SELECT *, ROW_NUMBER() OVER (PARTITION BY id ORDER BY version_major DESC,
         version_minor DESC, version_patch DESC, version_is_release DESC, version DESC) AS rank
     FROM workflows) WHERE rank = 1 ORDER BY id";
+const SELECT_VERSIONS: &str = "SELECT id, version, document, created_at FROM workflows
+    WHERE id = ?1 ORDER BY version_major DESC, version_minor DESC, version_patch DESC,
+    version_is_release DESC, version DESC";
+const SELECT_USER: &str =
+    "SELECT id FROM jobs WHERE workflow_id = ?1 AND workflow_version = ?2 LIMIT 1";
+const DELETE: &str = "DELETE FROM workflows WHERE id = ?1 AND version = ?2";
 const INSERT: &str = "INSERT INTO workflows (id, version, version_major, version_minor,
     version_patch, version_is_release, document, created_at)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
@@ -50,6 +56,14 @@ impl WorkflowCache {
             self.lock().insert(key, record.clone());
         }
         Ok(record)
+    }
+
+    /// Forgets a deleted version.
+    ///
+    /// NOTE: a read that started before the delete committed may put the version back. A job
+    /// insert that then finds it in the cache still fails on the foreign key to `workflows`.
+    pub(crate) fn remove(&self, id: &str, version: &str) {
+        self.lock().remove(&(id.to_owned(), version.to_owned()));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), WorkflowRecord>> {
@@ -132,6 +146,45 @@ pub(crate) fn workflow_get(
 /// Lists the highest version of every workflow, by id.
 pub(crate) fn workflow_list(conn: &Connection) -> Result<Vec<WorkflowRecord>, StoreError> {
     query_all(conn, SELECT_LATEST_EACH, [], record_from_row)
+}
+
+/// Lists every version of a workflow, highest first.
+pub(crate) fn workflow_versions(
+    conn: &Connection,
+    id: &str,
+) -> Result<Vec<WorkflowRecord>, StoreError> {
+    query_all(conn, SELECT_VERSIONS, [id], record_from_row)
+}
+
+/// Deletes a version that no job uses.
+pub(crate) fn workflow_delete(
+    tx: &mut WriteTx<'_>,
+    cache: &WorkflowCache,
+    id: &str,
+    version: &str,
+) -> Result<(), StoreError> {
+    let user: Option<String> = query_first(tx.conn, SELECT_USER, params![id, version], |row| {
+        Ok(row.get(0)?)
+    })?;
+    if let Some(job_id) = user {
+        return Err(StoreError::WorkflowInUse {
+            id: id.to_owned(),
+            version: version.to_owned(),
+            job_id,
+        });
+    }
+    let deleted = tx
+        .conn
+        .prepare_cached(DELETE)?
+        .execute(params![id, version])?;
+    if deleted == 0 {
+        return Err(StoreError::WorkflowNotFound {
+            id: id.to_owned(),
+            version: version.to_owned(),
+        });
+    }
+    cache.remove(id, version);
+    Ok(())
 }
 
 fn record_from_row(row: &Row<'_>) -> Result<WorkflowRecord, StoreError> {

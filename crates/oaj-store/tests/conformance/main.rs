@@ -10,6 +10,7 @@ mod dependencies;
 mod durability;
 mod events;
 mod idempotency;
+mod job_query;
 mod jobs;
 mod leases;
 mod maintenance;

@@ -18,7 +18,8 @@ use oaj_store::Store;
 pub struct DbArgs {
     /// SQLite database file; created if missing. Default: $XDG_DATA_HOME/oaj/oaj.db, or
     /// ~/.local/share/oaj/oaj.db.
-    #[arg(long, env = "OAJ_DB", value_name = "PATH")]
+    // Global so that `oaj jobs list --db PATH` works as well as `oaj jobs --db PATH list`.
+    #[arg(long, env = "OAJ_DB", value_name = "PATH", global = true)]
     pub db: Option<PathBuf>,
     /// PostgreSQL database shared by many oaj processes, such as
     /// postgres://oaj@db.example:5432/oaj. Used instead of --db when given.
@@ -144,20 +145,36 @@ pub fn engine(store: Arc<dyn Store>, config: EngineConfig) -> Engine {
     )
 }
 
-/// Parses a `--input` value: JSON text, or `@FILE` for a file's contents.
-pub fn input_value(text: Option<&str>) -> anyhow::Result<serde_json::Value> {
-    let Some(text) = text else {
-        return Ok(serde_json::Value::Object(Default::default()));
-    };
-    let (source, content) = match text.strip_prefix('@') {
-        Some(path) => (
-            path.to_owned(),
-            std::fs::read_to_string(path)
+/// The text of a `--input` value and where it came from.
+pub struct InputText {
+    /// `--input`, or the path of the file that `@FILE` named.
+    pub source: String,
+    /// The JSON text.
+    pub content: String,
+}
+
+/// Reads a `--input` value: JSON text, or `@FILE` for a file's contents. Fails only when the
+/// file cannot be read.
+pub fn input_text(text: &str) -> anyhow::Result<InputText> {
+    match text.strip_prefix('@') {
+        Some(path) => Ok(InputText {
+            source: path.to_owned(),
+            content: std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read input file {path}"))?,
-        ),
-        None => ("--input".to_owned(), text.to_owned()),
-    };
-    serde_json::from_str(&content).with_context(|| {
-        format!("invalid JSON in {source}: pass a JSON object such as '{{\"name\": \"value\"}}'")
+        }),
+        None => Ok(InputText {
+            source: "--input".to_owned(),
+            content: text.to_owned(),
+        }),
+    }
+}
+
+/// Parses the JSON of a `--input` value.
+pub fn input_parse(input: &InputText) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(&input.content).with_context(|| {
+        format!(
+            "invalid JSON in {}: pass a JSON object such as '{{\"name\": \"value\"}}'",
+            input.source
+        )
     })
 }

@@ -164,11 +164,19 @@ pub async fn run(args: JobsCommand) -> anyhow::Result<ExitCode> {
         JobsAction::Retry { id } => {
             act(store.as_ref(), &id, JobAction::Retry, now, args.json).await?
         }
-        JobsAction::Approve(decision) => decide(store.as_ref(), decision, true, now).await?,
-        JobsAction::Reject(decision) => decide(store.as_ref(), decision, false, now).await?,
+        JobsAction::Approve(decision) => {
+            decide(store.as_ref(), decision, true, now, args.json).await?
+        }
+        JobsAction::Reject(decision) => {
+            decide(store.as_ref(), decision, false, now, args.json).await?
+        }
         JobsAction::Delete { id } => {
             store.job_delete(&id).await?;
-            println!("deleted job {id}");
+            if args.json {
+                println!("{}", json!({ "id": id, "deleted": true }));
+            } else {
+                println!("deleted job {id}");
+            }
         }
     }
     Ok(ExitCode::from(exit::COMPLETED))
@@ -207,7 +215,9 @@ async fn decide(
     decision: Decision,
     approved: bool,
     now: i64,
+    json: bool,
 ) -> anyhow::Result<()> {
+    let step_id = decision.step.clone();
     let decide = ApprovalDecide {
         job_id: decision.id.clone(),
         step_id: decision.step,
@@ -219,11 +229,18 @@ async fn decide(
         },
     };
     store.approval_decide(decide).await?;
-    println!(
-        "job {}: {}",
-        decision.id,
-        if approved { "approved" } else { "rejected" }
-    );
+    if json {
+        println!(
+            "{}",
+            json!({ "job_id": decision.id, "step_id": step_id, "approved": approved })
+        );
+    } else {
+        println!(
+            "job {}: {}",
+            decision.id,
+            if approved { "approved" } else { "rejected" }
+        );
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@ mod exit;
 mod jobs;
 mod progress;
 mod run;
+mod serve;
 mod validate;
 mod worker;
 
@@ -36,6 +37,8 @@ enum Command {
     Worker(worker::WorkerCommand),
     /// List, inspect and act on jobs.
     Jobs(jobs::JobsCommand),
+    /// Serve the HTTP API and run workers in one process, until SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the command that `cli` names and returns the process exit code.
@@ -45,6 +48,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => or_error(runtime()?.block_on(run::run(args))),
         Command::Worker(args) => or_error(runtime()?.block_on(worker::run(args))),
         Command::Jobs(args) => or_error(runtime()?.block_on(jobs::run(args))),
+        Command::Serve(args) => or_error(runtime()?.block_on(serve::run(args))),
     }
 }
 

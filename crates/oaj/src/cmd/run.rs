@@ -10,6 +10,7 @@ use clap::Args;
 use oaj_core::{JobState, Priority};
 use oaj_engine::{Engine, JobSubmit, SubmitError};
 use oaj_store::Job;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, DbArgs, WorkerArgs};
@@ -27,8 +28,8 @@ pub struct RunArgs {
     /// Job priority: low, medium, high or critical.
     #[arg(long)]
     pub priority: Option<Priority>,
-    /// What Ctrl-C does when standard input is not a terminal: cancel the job, or leave it queued
-    /// for `oaj worker`. On a terminal, oaj asks.
+    /// What Ctrl-C does when standard input is not a terminal, and what SIGTERM always does:
+    /// cancel the job, or leave it queued for `oaj worker`. On a terminal, Ctrl-C asks.
     #[arg(long, value_enum, default_value_t = OnInterrupt::Cancel)]
     pub on_interrupt: OnInterrupt,
     /// Print the whole job record as JSON on stdout instead of only its output.
@@ -64,8 +65,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(exit::USAGE));
         }
     };
-    let input = match common::input_value(args.input.as_deref()) {
+    let input = match args.input.as_deref().map(common::input_text).transpose() {
         Ok(input) => input,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Ok(ExitCode::from(exit::USAGE));
+        }
+    };
+    let input = match input.as_ref().map(common::input_parse).transpose() {
+        Ok(input) => input.unwrap_or_else(|| serde_json::Value::Object(Default::default())),
         Err(error) => {
             eprintln!("error: {error:#}");
             return Ok(ExitCode::from(exit::INVALID));
@@ -126,9 +134,15 @@ async fn drive(engine: &Engine, job_id: &str, args: &RunArgs) -> anyhow::Result<
         let shutdown = shutdown.clone();
         async move { engine.run(shutdown).await }
     });
+    if !args.quiet {
+        eprintln!("job {job_id} submitted");
+    }
     let mut progress = Progress::new(job_id, !args.quiet, std::io::stderr().is_terminal());
     let mut events = engine.store().event_subscribe();
     let mut poll = tokio::time::interval(Duration::from_millis(250));
+    // Without a handler SIGTERM would end the process at once and leave the agents' processes
+    // running while the job waits for its lease to expire.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let job = loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -144,6 +158,16 @@ async fn drive(engine: &Engine, job_id: &str, args: &RunArgs) -> anyhow::Result<
                 }
             }
             _ = tokio::signal::ctrl_c() => {
+                let choice = if std::io::stdin().is_terminal() {
+                    ask_interrupt()?
+                } else {
+                    args.on_interrupt
+                };
+                if interrupt(engine, job_id, choice, &shutdown).await? {
+                    break engine.store().job_get(job_id).await?.context("the job disappeared from the store")?;
+                }
+            }
+            _ = terminate.recv() => {
                 if interrupt(engine, job_id, args.on_interrupt, &shutdown).await? {
                     break engine.store().job_get(job_id).await?.context("the job disappeared from the store")?;
                 }
@@ -153,21 +177,16 @@ async fn drive(engine: &Engine, job_id: &str, args: &RunArgs) -> anyhow::Result<
     shutdown.cancel();
     worker.await.context("the worker task failed")?;
     progress.finish();
-    report(engine, job, args.json).await
+    report(job, args.json)
 }
 
-/// Acts on Ctrl-C; returns whether `oaj run` should stop waiting.
+/// Acts on Ctrl-C or SIGTERM; returns whether `oaj run` should stop waiting.
 async fn interrupt(
     engine: &Engine,
     job_id: &str,
-    default: OnInterrupt,
+    choice: OnInterrupt,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<bool> {
-    let choice = if std::io::stdin().is_terminal() {
-        ask_interrupt()?
-    } else {
-        default
-    };
     match choice {
         OnInterrupt::Cancel => {
             eprintln!("cancelling job {job_id}");
@@ -198,7 +217,7 @@ fn ask_interrupt() -> anyhow::Result<OnInterrupt> {
     })
 }
 
-async fn report(engine: &Engine, job: Job, json: bool) -> anyhow::Result<ExitCode> {
+fn report(job: Job, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&job)?);
     }
@@ -239,6 +258,5 @@ async fn report(engine: &Engine, job: Job, json: bool) -> anyhow::Result<ExitCod
             exit::NOT_FINISHED
         }
     };
-    let _ = engine;
     Ok(ExitCode::from(code))
 }

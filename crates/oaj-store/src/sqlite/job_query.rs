@@ -1,0 +1,99 @@
+//! The job list with filters, a sort order and a keyset cursor.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params_from_iter, Connection};
+
+use super::rows::{job_columns, job_from_row, query_all};
+use crate::error::StoreError;
+use crate::model::{Job, JobQuery, JobSort};
+
+const SELECT_JOBS: &str = concat!("SELECT ", job_columns!(), " FROM jobs");
+
+/// Jobs returned by one query when it sets no limit.
+const QUERY_LIMIT_DEFAULT: u32 = 100;
+/// The maximum number of jobs one query returns, whatever limit it requests.
+const QUERY_LIMIT_MAX: u32 = 1000;
+
+/// Lists the jobs that match `query`, in its order, after its cursor.
+pub(crate) fn job_query(conn: &Connection, query: &JobQuery) -> Result<Vec<Job>, StoreError> {
+    let mut conditions: Vec<String> = Vec::new();
+    let mut values: Vec<SqlValue> = Vec::new();
+    filter_conditions(query, &mut conditions, &mut values);
+    if let Some(cursor) = &query.after {
+        // Row values compare left to right, which is exactly the keyset order.
+        let (condition, cursor_values): (&str, Vec<SqlValue>) = match query.sort {
+            JobSort::CreatedDesc => (
+                "(created_at, id) < (?, ?)",
+                vec![cursor.key.into(), cursor.id.clone().into()],
+            ),
+            JobSort::CreatedAsc => (
+                "(created_at, id) > (?, ?)",
+                vec![cursor.key.into(), cursor.id.clone().into()],
+            ),
+            JobSort::PriorityDesc => (
+                "(priority, created_at, id) < (?, ?, ?)",
+                vec![
+                    cursor.key.into(),
+                    cursor.created_at.into(),
+                    cursor.id.clone().into(),
+                ],
+            ),
+        };
+        conditions.push(condition.to_owned());
+        values.extend(cursor_values);
+    }
+    let order = match query.sort {
+        JobSort::CreatedDesc => "created_at DESC, id DESC",
+        JobSort::CreatedAsc => "created_at ASC, id ASC",
+        JobSort::PriorityDesc => "priority DESC, created_at DESC, id DESC",
+    };
+    let limit = match query.limit {
+        0 => QUERY_LIMIT_DEFAULT,
+        limit => limit.min(QUERY_LIMIT_MAX),
+    };
+    values.push(i64::from(limit).into());
+
+    let mut sql = SELECT_JOBS.to_owned();
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(&format!(" ORDER BY {order} LIMIT ?"));
+    query_all(conn, &sql, params_from_iter(values), job_from_row)
+}
+
+fn filter_conditions(query: &JobQuery, conditions: &mut Vec<String>, values: &mut Vec<SqlValue>) {
+    if !query.states.is_empty() {
+        let marks = vec!["?"; query.states.len()].join(", ");
+        conditions.push(format!("state IN ({marks})"));
+        values.extend(query.states.iter().map(|s| s.as_str().to_owned().into()));
+    }
+    let text = [
+        ("workflow_id = ?", &query.workflow_id),
+        ("batch_id = ?", &query.batch_id),
+    ];
+    for (condition, value) in text {
+        if let Some(value) = value {
+            conditions.push(condition.to_owned());
+            values.push(value.clone().into());
+        }
+    }
+    for tag in &query.tags {
+        // Tags are stored as a JSON array of strings.
+        conditions.push("EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?)".to_owned());
+        values.push(tag.clone().into());
+    }
+    let numbers = [
+        ("priority = ?", query.priority.map(|p| p.rank())),
+        ("created_at >= ?", query.created_from),
+        ("created_at < ?", query.created_until),
+        ("finished_at >= ?", query.finished_from),
+        ("finished_at < ?", query.finished_until),
+    ];
+    for (condition, value) in numbers {
+        if let Some(value) = value {
+            conditions.push(condition.to_owned());
+            values.push(value.into());
+        }
+    }
+}

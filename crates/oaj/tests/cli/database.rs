@@ -1,0 +1,69 @@
+//! Database errors: each ends the command with exit code 1 and a message that names the file and
+//! the fix, instead of a panic or a hang.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+
+use crate::{oaj, stderr, Sandbox};
+
+#[test]
+fn garbage_file_names_file_and_fix() {
+    let sandbox = Sandbox::new();
+    let garbage = sandbox.write("garbage.db", "this is not a database, only some text\n");
+
+    let output = oaj(&["jobs", "list", "--db", &garbage]);
+
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains(&garbage), "{text}");
+    assert!(text.contains("not an oaj database"), "{text}");
+    assert!(text.contains("choose another path"), "{text}");
+}
+
+#[test]
+fn exclusive_lock_reports_busy() {
+    let sandbox = Sandbox::new();
+    let created = sandbox.oaj(&["jobs", "list"]);
+    assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
+    let script = "import sqlite3, sys, time\n\
+                  connection = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                  connection.execute('BEGIN EXCLUSIVE')\n\
+                  print('locked', flush=True)\n\
+                  time.sleep(300)\n";
+    let mut holder = Command::new("python3")
+        .args(["-c", script])
+        .arg(sandbox.db())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("python3 reports the lock");
+    assert_eq!(line.trim(), "locked");
+
+    let output = sandbox.oaj(&["jobs", "list"]);
+    holder.kill().expect("the lock holder is killable");
+    holder.wait().expect("the lock holder is reaped");
+
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains("locked") || text.contains("busy"), "{text}");
+    assert!(text.contains(sandbox.db().to_str().unwrap()), "{text}");
+}
+
+#[test]
+fn missing_folder_is_named() {
+    let sandbox = Sandbox::new();
+    let path = sandbox.path("no/such/folder/oaj.db");
+
+    let output = oaj(&["jobs", "list", "--db", path.to_str().unwrap()]);
+
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains("no/such/folder does not exist"), "{text}");
+    assert!(
+        !sandbox.path("no").exists(),
+        "oaj created the missing folder"
+    );
+}
