@@ -27,7 +27,8 @@ pub struct DbArgs {
         long,
         env = "OAJ_DATABASE_URL",
         value_name = "URL",
-        conflicts_with = "db"
+        conflicts_with = "db",
+        global = true
     )]
     pub database: Option<String>,
 }
