@@ -6,6 +6,7 @@
 mod control;
 mod database;
 mod examples;
+mod fleet;
 mod jobs;
 mod recovery;
 mod run;
