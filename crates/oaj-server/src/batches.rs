@@ -62,7 +62,8 @@ pub(crate) struct BatchOut {
 #[utoipa::path(post, path = "/v1/batches", tag = "batches", request_body = BatchCreate,
     responses((status = 201, description = "Created", body = BatchCreated),
         (status = 404, description = "A workflow was not found", body = ApiError),
-        (status = 422, description = "An entry is invalid", body = ApiError)))]
+        (status = 422, description = "An entry is invalid", body = ApiError),
+        (status = 415, description = "Content-Type is not application/json", body = ApiError)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<BatchCreate>,

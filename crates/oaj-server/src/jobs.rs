@@ -128,7 +128,8 @@ pub(crate) struct EventsQuery {
         (status = 200, description = "Idempotent repeat: the existing job", body = Job),
         (status = 404, description = "Workflow not found", body = ApiError),
         (status = 409, description = "Idempotency key used by a different request", body = ApiError),
-        (status = 422, description = "Invalid input, workflow or dependency", body = ApiError)))]
+        (status = 422, description = "Invalid input, workflow or dependency", body = ApiError),
+        (status = 415, description = "Content-Type is not application/json", body = ApiError)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<JobCreate>,

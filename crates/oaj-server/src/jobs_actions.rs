@@ -97,7 +97,8 @@ pub(crate) struct Decision {
     responses((status = 200, description = "The job afterwards", body = Job),
         (status = 404, description = "No such job", body = ApiError),
         (status = 409, description = "No step waits for approval", body = ApiError),
-        (status = 422, description = "Several steps wait: name one", body = ApiError)))]
+        (status = 422, description = "Several steps wait: name one", body = ApiError),
+        (status = 415, description = "Content-Type is not application/json", body = ApiError)))]
 pub(crate) async fn approve(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -112,7 +113,8 @@ pub(crate) async fn approve(
     responses((status = 200, description = "The job afterwards", body = Job),
         (status = 404, description = "No such job", body = ApiError),
         (status = 409, description = "No step waits for approval", body = ApiError),
-        (status = 422, description = "Several steps wait: name one", body = ApiError)))]
+        (status = 422, description = "Several steps wait: name one", body = ApiError),
+        (status = 415, description = "Content-Type is not application/json", body = ApiError)))]
 pub(crate) async fn reject(
     State(state): State<AppState>,
     Path(id): Path<String>,

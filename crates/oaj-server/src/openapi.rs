@@ -2,6 +2,7 @@
 
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -45,7 +46,7 @@ use utoipa::{Modify, OpenApi};
         crate::metrics::serve,
         serve,
     ),
-    modifiers(&BearerToken),
+    modifiers(&BearerToken, &CommonErrors),
     security(("bearer" = []))
 )]
 struct ApiDoc;
@@ -58,6 +59,50 @@ impl Modify for BearerToken {
         let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build();
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
+}
+
+/// Adds the error responses that middleware and extractors give on every route, so that each
+/// operation lists every status it can return: 401 from the token check on every route but
+/// `/v1/health`, and 400 and 413 on every route that reads a body.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if path != "/v1/health" {
+                    error_add(operation, "401", "Missing or wrong bearer token");
+                }
+                if operation.request_body.is_some() {
+                    error_add(
+                        operation,
+                        "400",
+                        "The body is not valid JSON or has the wrong shape",
+                    );
+                    error_add(operation, "413", "The body is larger than 16 MiB");
+                }
+            }
+        }
+    }
+}
+
+fn error_add(operation: &mut utoipa::openapi::path::Operation, status: &str, description: &str) {
+    let content = Content::new(Some(Ref::from_schema_name("ApiError")));
+    let response = ResponseBuilder::new()
+        .description(description)
+        .content("application/json", content)
+        .build();
+    let responses = &mut operation.responses.responses;
+    responses
+        .entry(status.to_owned())
+        .or_insert_with(|| response.into());
 }
 
 /// Returns the API's OpenAPI document.

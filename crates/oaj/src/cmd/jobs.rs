@@ -1,15 +1,16 @@
-//! `oaj jobs`: inspect and act on the jobs of a database.
+//! `oaj jobs`: inspect and act on the jobs of a database, or of a server with `--server`.
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
-use oaj_core::{Clock, JobState, SystemClock};
-use oaj_store::{ApprovalDecide, ApprovalDecision, EventFilter, Job, JobAction, JobFilter, Store};
+use oaj_core::JobState;
+use oaj_store::{Event, Job, JobAction, JobFilter};
 use serde_json::json;
 
+use super::client::ServerArgs;
 use super::common::DbArgs;
 use super::exit;
+use super::job_source::{DecisionRequest, JobDetail, JobSource};
 
 /// Arguments of `oaj jobs`.
 #[derive(Debug, Args)]
@@ -18,6 +19,8 @@ pub struct JobsCommand {
     pub action: JobsAction,
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Print JSON for scripts.
     #[arg(long, global = true)]
     pub json: bool,
@@ -101,10 +104,12 @@ pub struct Decision {
     pub comment: Option<String>,
 }
 
-/// Runs `oaj jobs ...`.
+/// Runs `oaj jobs ...` on the local database, or through the API of `--server`.
 pub async fn run(args: JobsCommand) -> anyhow::Result<ExitCode> {
-    let (store, _) = args.db.open().await?;
-    let now = SystemClock.now_ms();
+    let source = match args.server.client()? {
+        Some(client) => JobSource::Remote(client),
+        None => JobSource::Local(args.db.open().await?.0),
+    };
     match args.action {
         JobsAction::List {
             state,
@@ -119,59 +124,23 @@ pub async fn run(args: JobsCommand) -> anyhow::Result<ExitCode> {
                 limit,
                 ..JobFilter::default()
             };
-            let jobs = store.job_list(filter).await?;
+            let jobs = source.list(filter).await?;
             print_jobs(&jobs, args.json)?;
         }
-        JobsAction::Show { id } => show(store.as_ref(), &id, args.json).await?,
+        JobsAction::Show { id } => print_detail(&source.show(&id).await?, args.json)?,
         JobsAction::Events { id, after } => {
-            found(store.as_ref(), &id).await?;
-            let events = store
-                .event_list(EventFilter {
-                    job_id: Some(id),
-                    after_seq: after,
-                    limit: 100_000,
-                })
-                .await?;
-            for event in events {
-                if args.json {
-                    println!("{}", serde_json::to_string(&event)?);
-                } else {
-                    let data = if event.data.as_object().is_some_and(|map| map.is_empty()) {
-                        String::new()
-                    } else {
-                        event.data.to_string()
-                    };
-                    let step = event
-                        .step_id
-                        .map_or(String::new(), |step| format!(" {step}"));
-                    let item = event.item.map_or(String::new(), |item| format!("[{item}]"));
-                    println!(
-                        "{:>6} {} {}{step}{item} {data}",
-                        event.seq, event.at, event.kind
-                    );
-                }
+            for event in source.events(&id, after).await? {
+                print_event(&event, args.json)?;
             }
         }
-        JobsAction::Cancel { id } => {
-            act(store.as_ref(), &id, JobAction::Cancel, now, args.json).await?
-        }
-        JobsAction::Pause { id } => {
-            act(store.as_ref(), &id, JobAction::Pause, now, args.json).await?
-        }
-        JobsAction::Resume { id } => {
-            act(store.as_ref(), &id, JobAction::Resume, now, args.json).await?
-        }
-        JobsAction::Retry { id } => {
-            act(store.as_ref(), &id, JobAction::Retry, now, args.json).await?
-        }
-        JobsAction::Approve(decision) => {
-            decide(store.as_ref(), decision, true, now, args.json).await?
-        }
-        JobsAction::Reject(decision) => {
-            decide(store.as_ref(), decision, false, now, args.json).await?
-        }
+        JobsAction::Cancel { id } => act(&source, &id, JobAction::Cancel, args.json).await?,
+        JobsAction::Pause { id } => act(&source, &id, JobAction::Pause, args.json).await?,
+        JobsAction::Resume { id } => act(&source, &id, JobAction::Resume, args.json).await?,
+        JobsAction::Retry { id } => act(&source, &id, JobAction::Retry, args.json).await?,
+        JobsAction::Approve(decision) => decide(&source, decision, true, args.json).await?,
+        JobsAction::Reject(decision) => decide(&source, decision, false, args.json).await?,
         JobsAction::Delete { id } => {
-            store.job_delete(&id).await?;
+            source.delete(&id).await?;
             if args.json {
                 println!("{}", json!({ "id": id, "deleted": true }));
             } else {
@@ -182,21 +151,30 @@ pub async fn run(args: JobsCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(exit::COMPLETED))
 }
 
-async fn found(store: &dyn Store, id: &str) -> anyhow::Result<Job> {
-    store
-        .job_get(id)
-        .await?
-        .with_context(|| format!("job {id} not found: list jobs with `oaj jobs list`"))
+fn print_event(event: &Event, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(event)?);
+        return Ok(());
+    }
+    let data = if event.data.as_object().is_some_and(|map| map.is_empty()) {
+        String::new()
+    } else {
+        event.data.to_string()
+    };
+    let step = event
+        .step_id
+        .as_ref()
+        .map_or(String::new(), |step| format!(" {step}"));
+    let item = event.item.map_or(String::new(), |item| format!("[{item}]"));
+    println!(
+        "{:>6} {} {}{step}{item} {data}",
+        event.seq, event.at, event.kind
+    );
+    Ok(())
 }
 
-async fn act(
-    store: &dyn Store,
-    id: &str,
-    action: JobAction,
-    now: i64,
-    json: bool,
-) -> anyhow::Result<()> {
-    let job = store.job_action(id, action, now).await?;
+async fn act(source: &JobSource, id: &str, action: JobAction, json: bool) -> anyhow::Result<()> {
+    let job = source.action(id, action).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&job)?);
     } else if job.control.is_some() {
@@ -211,43 +189,42 @@ async fn act(
 }
 
 async fn decide(
-    store: &dyn Store,
+    source: &JobSource,
     decision: Decision,
     approved: bool,
-    now: i64,
     json: bool,
 ) -> anyhow::Result<()> {
-    let step_id = decision.step.clone();
-    let decide = ApprovalDecide {
-        job_id: decision.id.clone(),
-        step_id: decision.step,
-        decision: ApprovalDecision {
+    let job_id = decision.id;
+    let step_id = decision.step;
+    source
+        .decide(DecisionRequest {
+            job_id: job_id.clone(),
+            step_id: step_id.clone(),
             approved,
             by: decision.by,
             comment: decision.comment,
-            at: now,
-        },
-    };
-    store.approval_decide(decide).await?;
+        })
+        .await?;
     if json {
         println!(
             "{}",
-            json!({ "job_id": decision.id, "step_id": step_id, "approved": approved })
+            json!({ "job_id": job_id, "step_id": step_id, "approved": approved })
         );
     } else {
         println!(
-            "job {}: {}",
-            decision.id,
+            "job {job_id}: {}",
             if approved { "approved" } else { "rejected" }
         );
     }
     Ok(())
 }
 
-async fn show(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<()> {
-    let job = found(store, id).await?;
-    let steps = store.step_run_list(id).await?;
-    let attempts = store.attempt_list(id).await?;
+fn print_detail(detail: &JobDetail, json: bool) -> anyhow::Result<()> {
+    let JobDetail {
+        job,
+        steps,
+        attempts,
+    } = detail;
     if json {
         println!(
             "{}",
@@ -271,7 +248,7 @@ async fn show(store: &dyn Store, id: &str, json: bool) -> anyhow::Result<()> {
         );
     }
     println!("steps:");
-    for step in &steps {
+    for step in steps {
         let item = step.item.map_or(String::new(), |item| format!("[{item}]"));
         let error = step
             .error

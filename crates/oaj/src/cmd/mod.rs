@@ -1,11 +1,14 @@
 //! Command-line arguments and the dispatch to each subcommand.
 
+mod client;
 mod common;
 mod exit;
+mod job_source;
 mod jobs;
 mod progress;
 mod run;
 mod serve;
+mod submit;
 mod validate;
 mod worker;
 
@@ -18,9 +21,9 @@ use clap::{Parser, Subcommand};
 #[command(name = "oaj", version, about)]
 #[command(
     after_help = "Exit codes: 0 success; 1 oaj failed, or `validate` found an invalid document; \
-                       2 usage error or unreadable file; `run` also exits 3 for an invalid workflow or \
-                       input, 4 when the job failed, 5 when it was cancelled, 6 when it was paused or \
-                       left for a worker."
+                       2 usage error or unreadable file; `run` and `submit` also exit 3 for an invalid \
+                       workflow or input, and `run` and `submit --wait` exit 4 when the job failed, 5 \
+                       when it was cancelled, 6 when it was paused or left for a worker."
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
@@ -35,6 +38,8 @@ enum Command {
     Run(run::RunArgs),
     /// Run queued jobs, including jobs left by a crashed process, until stopped.
     Worker(worker::WorkerCommand),
+    /// Queue a job of a workflow file or a stored workflow, locally or on a server.
+    Submit(submit::SubmitArgs),
     /// List, inspect and act on jobs.
     Jobs(jobs::JobsCommand),
     /// Serve the HTTP API and run workers in one process, until SIGINT or SIGTERM.
@@ -47,6 +52,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::run(&args),
         Command::Run(args) => or_error(runtime()?.block_on(run::run(args))),
         Command::Worker(args) => or_error(runtime()?.block_on(worker::run(args))),
+        Command::Submit(args) => or_error(runtime()?.block_on(submit::run(args))),
         Command::Jobs(args) => or_error(runtime()?.block_on(jobs::run(args))),
         Command::Serve(args) => or_error(runtime()?.block_on(serve::run(args))),
     }

@@ -217,7 +217,8 @@ fn ask_interrupt() -> anyhow::Result<OnInterrupt> {
     })
 }
 
-fn report(job: Job, json: bool) -> anyhow::Result<ExitCode> {
+/// Prints how `job` ended (its output when it completed) and returns the exit code for it.
+pub(crate) fn report(job: Job, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&job)?);
     }

@@ -47,6 +47,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
+    // Printed whatever the log level, so that scripts and tests that pass port 0 can read the
+    // bound port.
+    eprintln!("listening on {address}");
     let shutdown = CancellationToken::new();
     let watcher = tokio::spawn(signal_watch(shutdown.clone()));
 

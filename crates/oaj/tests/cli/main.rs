@@ -10,6 +10,7 @@ mod fleet;
 mod jobs;
 mod recovery;
 mod run;
+mod server;
 mod validate;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,258 @@
+//! `oaj submit` and `oaj jobs` with `--server`: against a real `oaj serve` on a loopback port.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Output, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::{finish, shell_workflow, signal, stderr, stdout, Sandbox};
+
+const TOKEN: &str = "test-token-5f1c";
+
+const ECHO_WORKFLOW: &str = r#"{"id": "greet", "inputs": {"name": {"type": "string"}},
+    "steps": [{"id": "hello", "component": "echo", "inputs": {"name": "${inputs.name}"}}]}"#;
+
+/// An `oaj serve` child process with a token, stopped with SIGTERM when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(sandbox: &Sandbox) -> Server {
+        let mut child = sandbox
+            .command(&["serve", "--listen", "127.0.0.1:0"])
+            .env("OAJ_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("oaj serve starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("oaj serve prints `listening on` before it exits")
+                .expect("stderr is readable");
+            if let Some(address) = line.strip_prefix("listening on ") {
+                break address.to_owned();
+            }
+        };
+        // Keep reading, so that the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Server {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        signal(i64::from(self.child.id()), "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `oaj ARGS --server URL` with `token` in OAJ_TOKEN.
+fn client(sandbox: &Sandbox, url: &str, token: &str, args: &[&str]) -> Output {
+    let mut with_server = args.to_vec();
+    with_server.extend_from_slice(&["--server", url]);
+    let child = sandbox
+        .command(&with_server)
+        .env("OAJ_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("oaj starts");
+    finish(child, &format!("oaj {}", args.join(" ")))
+}
+
+/// Runs a client command with the right token and asserts exit code 0.
+fn ok(sandbox: &Sandbox, server: &Server, args: &[&str]) -> String {
+    let output = client(sandbox, &server.url, TOKEN, args);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "oaj {}: {}",
+        args.join(" "),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).expect("stdout is JSON")
+}
+
+#[test]
+fn submit_wait_completes_job() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox);
+    let workflow = sandbox.write("greet.json", ECHO_WORKFLOW);
+
+    let submitted = ok(
+        &sandbox,
+        &server,
+        &[
+            "submit",
+            &workflow,
+            "--input",
+            r#"{"name": "ada"}"#,
+            "--wait",
+            "--json",
+        ],
+    );
+    let job = parse(&submitted);
+    assert_eq!(job["state"], "completed");
+    assert_eq!(job["result"]["hello"]["name"], "ada");
+    let id = job["id"].as_str().expect("job id");
+
+    let listed = parse(&ok(&sandbox, &server, &["jobs", "list", "--json"]));
+    assert_eq!(listed[0]["id"], json!(id));
+    let shown = ok(&sandbox, &server, &["jobs", "show", id]);
+    assert!(shown.contains("state     completed"), "{shown}");
+    assert!(shown.contains("hello"), "{shown}");
+    let events = ok(&sandbox, &server, &["jobs", "events", id]);
+    assert!(events.contains("job.completed"), "{events}");
+}
+
+#[test]
+fn submit_stored_workflow_by_id() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox);
+    let workflow = sandbox.write("greet.json", ECHO_WORKFLOW);
+    let input = r#"{"name": "bo"}"#;
+    ok(&sandbox, &server, &["submit", &workflow, "--input", input]);
+
+    let output = ok(
+        &sandbox,
+        &server,
+        &["submit", "greet", "--input", input, "--wait"],
+    );
+    assert_eq!(parse(&output)["hello"]["name"], "bo");
+}
+
+#[test]
+fn submit_wait_failed_job_exits_4() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox);
+    let workflow = sandbox.write("fail.json", &shell_workflow(&[("s", "exit 3", json!({}))]));
+
+    let output = client(
+        &sandbox,
+        &server.url,
+        TOKEN,
+        &["submit", &workflow, "--wait"],
+    );
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("failed"), "{}", stderr(&output));
+}
+
+#[test]
+fn submit_invalid_input_exits_3() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox);
+    let workflow = sandbox.write("greet.json", ECHO_WORKFLOW);
+
+    let output = client(
+        &sandbox,
+        &server.url,
+        TOKEN,
+        &["submit", &workflow, "--input", r#"{"nam": "x"}"#],
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("input_invalid"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("/inputs/nam"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn cancel_delayed_job() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox);
+    let workflow = sandbox.write("greet.json", ECHO_WORKFLOW);
+    let submitted = ok(
+        &sandbox,
+        &server,
+        &[
+            "submit",
+            &workflow,
+            "--input",
+            r#"{"name": "x"}"#,
+            "--delay",
+            "3600",
+        ],
+    );
+    let id = submitted.trim();
+
+    let cancelled = ok(&sandbox, &server, &["jobs", "cancel", id]);
+    assert_eq!(cancelled.trim(), format!("job {id} is now cancelled"));
+    let shown = parse(&ok(&sandbox, &server, &["jobs", "show", id, "--json"]));
+    assert_eq!(shown["job"]["state"], "cancelled");
+    let again = client(&sandbox, &server.url, TOKEN, &["jobs", "cancel", id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("409 job_state_conflict"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn unknown_job_exits_1_with_code() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox);
+
+    let output = client(
+        &sandbox,
+        &server.url,
+        TOKEN,
+        &["jobs", "show", "no-such-job"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("404 job_not_found"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn wrong_token_exits_1() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox);
+
+    let output = client(&sandbox, &server.url, "wrong-token-9a", &["jobs", "list"]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains("401 unauthorized"), "{message}");
+    assert!(message.contains("bearer token"), "{message}");
+    assert!(!message.contains("wrong-token-9a"), "{message}");
+    assert!(!stdout(&output).contains("wrong-token-9a"));
+}
+
+#[test]
+fn unreachable_server_names_url() {
+    let sandbox = Sandbox::new();
+    // A port that was free a moment ago, so that nothing listens on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("bound address")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+
+    let output = client(&sandbox, &url, TOKEN, &["jobs", "list"]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(message.contains("oaj serve"), "{message}");
+    assert!(!message.contains(TOKEN), "{message}");
+}
