@@ -1,5 +1,5 @@
-//! Durable storage for oaj: the [`Store`] trait, its records, and the embedded SQLite
-//! implementation. All SQL lives in this crate.
+//! Durable storage for oaj: the [`Store`] trait, its records, the embedded SQLite
+//! implementation and the PostgreSQL one. All SQL lives in this crate.
 #![warn(missing_docs)]
 
 pub mod error;
@@ -9,6 +9,8 @@ pub mod store;
 pub use error::StoreError;
 pub use model::*;
 pub use store::Store;
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStore};

@@ -104,7 +104,7 @@ fn resume(tx: &mut WriteTx<'_>, head: &JobHead, step: JobMove<'_>) -> Result<(),
     Ok(())
 }
 
-fn action_conflict(id: &str, action: JobAction, state: JobState) -> StoreError {
+pub(crate) fn action_conflict(id: &str, action: JobAction, state: JobState) -> StoreError {
     let (name, allowed) = match action {
         JobAction::Cancel => ("cancel", "created, pending, queued, running or paused"),
         JobAction::Pause => ("pause", "pending, queued or running"),

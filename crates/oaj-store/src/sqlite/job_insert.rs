@@ -108,14 +108,14 @@ fn cycle_error(path: &[(usize, usize)], target: usize) -> StoreError {
 
 /// The state a new job starts in, decided from its dependencies and start time.
 #[derive(Debug, Clone, PartialEq)]
-struct FirstState {
-    transition: Transition,
-    error: Option<String>,
+pub(crate) struct FirstState {
+    pub(crate) transition: Transition,
+    pub(crate) error: Option<String>,
     /// For each dependency, whether it already stops holding the job back.
-    settled: Vec<bool>,
+    pub(crate) settled: Vec<bool>,
 }
 
-fn first_state(job: &JobNew, dependencies: &[(String, JobState)]) -> FirstState {
+pub(crate) fn first_state(job: &JobNew, dependencies: &[(String, JobState)]) -> FirstState {
     let mut settled = Vec::with_capacity(dependencies.len());
     let mut failed_by = None;
     for (id, state) in dependencies {
@@ -337,7 +337,7 @@ fn job_row_insert(
 /// Hashes the parts of an insert request that make it the same request, with FNV-1a over
 /// canonical JSON (object keys sorted), so the hash does not depend on key order or on the Rust
 /// version. It detects a reused key by mistake; it does not resist a crafted collision.
-fn request_hash(job: &JobNew) -> String {
+pub(crate) fn request_hash(job: &JobNew) -> String {
     let request = json!({
         "workflow_id": job.workflow_id,
         "workflow_version": job.workflow_version,

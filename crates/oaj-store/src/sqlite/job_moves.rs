@@ -155,14 +155,14 @@ pub(crate) fn counts_add(conn: &Connection, state: JobState, delta: i64) -> Resu
 
 /// The effect of an ended dependency on one job that waits for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DependencyEffect {
+pub(crate) enum DependencyEffect {
     /// The dependency no longer keeps the job waiting.
     Satisfied,
     /// The job fails because the dependency did not complete.
     FailsDependent,
 }
 
-fn dependency_effect(ended: JobState, policy: DependencyFailure) -> DependencyEffect {
+pub(crate) fn dependency_effect(ended: JobState, policy: DependencyFailure) -> DependencyEffect {
     match (ended, policy) {
         (JobState::Completed, _) | (_, DependencyFailure::Run) => DependencyEffect::Satisfied,
         _ => DependencyEffect::FailsDependent,

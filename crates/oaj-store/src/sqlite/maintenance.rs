@@ -29,7 +29,7 @@ const DELETE_EXPIRED: &str = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs
 
 /// The decision for a job whose lease expired.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum RescueOutcome {
+pub(crate) enum RescueOutcome {
     /// A user asked to cancel it.
     Cancel,
     /// A user asked to pause it.
@@ -40,7 +40,7 @@ enum RescueOutcome {
     Release,
 }
 
-fn rescue_decide(control: Option<&str>, interruptions: i64, max: u32) -> RescueOutcome {
+pub(crate) fn rescue_decide(control: Option<&str>, interruptions: i64, max: u32) -> RescueOutcome {
     match control {
         Some("cancel") => RescueOutcome::Cancel,
         Some("pause") => RescueOutcome::Pause,

@@ -1,20 +1,20 @@
 //! The embedded SQLite store: one file in WAL mode, one writer thread that groups requests into
 //! transactions, and a small pool of read connections.
 
-mod actions;
-mod claims;
+pub(crate) mod actions;
+pub(crate) mod claims;
 mod connection;
-mod errors;
+pub(crate) mod errors;
 mod events;
-mod job_insert;
-mod job_moves;
+pub(crate) mod job_insert;
+pub(crate) mod job_moves;
 mod job_query;
 mod job_reads;
-mod maintenance;
+pub(crate) mod maintenance;
 mod migrations;
 mod readers;
-mod rows;
-mod worker_writes;
+pub(crate) mod rows;
+pub(crate) mod worker_writes;
 mod workflows;
 mod writer;
 

@@ -49,6 +49,35 @@ async fn cancel_running_sets_control(store: Arc<dyn Store>) {
     assert_eq!(steps[0].state, StepState::Cancelled);
 }
 
+async fn attempt_finish_returns_pending_request(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let id = insert(&store, job_new(T0)).await;
+    let claimed = claim_one(&store, T0).await;
+    let first = store
+        .attempt_start(attempt_start(&claimed.lease, "s1", T0 + 1))
+        .await
+        .unwrap();
+    let control = store
+        .attempt_finish(attempt_success(&claimed.lease, first, "s1", T0 + 2))
+        .await
+        .unwrap();
+    assert_eq!(control, None, "no request is pending yet");
+
+    let second = store
+        .attempt_start(attempt_start(&claimed.lease, "s2", T0 + 3))
+        .await
+        .unwrap();
+    store
+        .job_action(&id, JobAction::Pause, T0 + 4)
+        .await
+        .unwrap();
+    let control = store
+        .attempt_finish(attempt_success(&claimed.lease, second, "s2", T0 + 5))
+        .await
+        .unwrap();
+    assert_eq!(control, Some(Control::Pause));
+}
+
 async fn pause_and_resume_queued(store: Arc<dyn Store>) {
     workflow_setup(&store).await;
     let id = insert(&store, job_new(T0)).await;
@@ -187,9 +216,10 @@ async fn actions_conflict_on_wrong_state(store: Arc<dyn Store>) {
     assert!(matches!(missing, StoreError::JobNotFound(_)), "{missing:?}");
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     cancel_queued_is_immediate,
     cancel_running_sets_control,
+    attempt_finish_returns_pending_request,
     pause_and_resume_queued,
     resume_waits_for_run_at,
     pause_running_sets_control,

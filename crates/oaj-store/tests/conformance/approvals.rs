@@ -153,7 +153,7 @@ async fn parked_job_with_decision_goes_back_to_queue(store: Arc<dyn Store>) {
     assert_eq!(job(&store, &id).await.state, JobState::Queued);
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     approval_queues_parked_job,
     approval_without_step_takes_only_waiting,
     approval_rejected_when_not_waiting,

@@ -128,7 +128,7 @@ async fn claim_never_returns_job_twice(store: Arc<dyn Store>) {
     assert_eq!(total, 200);
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     claim_orders_by_priority,
     claim_is_fifo_within_priority,
     claim_ages_old_low_jobs,

@@ -209,7 +209,7 @@ async fn dependency_cycle_rejected(store: Arc<dyn Store>) {
     assert!(store.job_list(Default::default()).await.unwrap().is_empty());
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     dependent_queued_when_dependency_completes,
     dependent_waits_for_every_dependency,
     dependent_fails_with_reason,

@@ -125,7 +125,7 @@ async fn work_notify_wakes_on_insert(store: Arc<dyn Store>) {
         .expect("inserting a queued job wakes the workers");
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     events_recorded_in_order,
     events_after_seq_and_limit,
     events_published_after_commit,

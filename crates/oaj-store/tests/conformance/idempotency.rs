@@ -51,7 +51,7 @@ async fn same_key_different_request_rejected(store: Arc<dyn Store>) {
     }
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     same_key_same_request_returns_same_id,
     same_key_reordered_object_is_same_request,
     same_key_different_request_rejected,

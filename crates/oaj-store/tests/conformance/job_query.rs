@@ -191,7 +191,7 @@ async fn workflow_delete_in_use_rejected(store: Arc<dyn Store>) {
     );
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     job_query_pages_every_order_exactly,
     job_query_filters_tags_priority_and_times,
     queue_depth_counts_queued_by_priority,

@@ -240,7 +240,7 @@ async fn concurrent_failure_keeps_other_writes(store: Arc<dyn Store>) {
     assert_eq!(store.job_counts().await.unwrap()[&JobState::Queued], 10);
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     concurrent_failure_keeps_other_writes,
     job_insert_then_get,
     job_insert_future_run_at_is_pending,

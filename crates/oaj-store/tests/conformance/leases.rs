@@ -232,7 +232,7 @@ async fn attempt_record_rejected_after_reclaim(store: Arc<dyn Store>) {
     assert!(store.step_run_list(&id).await.unwrap().is_empty());
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     attempt_record_writes_whole_attempt,
     attempt_record_rejected_after_reclaim,
     old_token_rejected_after_reclaim,

@@ -170,7 +170,7 @@ async fn retention_works_in_batches(store: Arc<dyn Store>) {
     assert_eq!(store.job_counts().await.unwrap()[&JobState::Cancelled], 0);
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     rescue_requeues_expired_lease,
     rescue_fails_after_max_interruptions,
     rescue_honours_cancel_request,

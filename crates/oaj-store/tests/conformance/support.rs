@@ -1,12 +1,14 @@
 //! Factories shared by the conformance tests. Each gives defaults, so a test sets only what it
 //! checks.
 
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Once};
 
 use oaj_core::Priority;
 use oaj_store::{
     AttemptFinish, AttemptStart, AttemptState, ClaimParams, ClaimedJob, DependencyFailure,
-    JobFinish, JobNew, JobOutcome, JobRef, Lease, SqliteStore, StepState, Store, WorkflowRecord,
+    JobFinish, JobNew, JobOutcome, JobRef, Lease, PostgresOptions, PostgresStore, SqliteStore,
+    StepState, Store, WorkflowRecord,
 };
 use serde_json::json;
 use tempfile::TempDir;
@@ -25,6 +27,60 @@ pub fn sqlite_store() -> (Arc<dyn Store>, TempDir) {
     let dir = tempfile::tempdir().expect("a temporary folder can be created");
     let store = SqliteStore::open(&dir.path().join("oaj.db")).expect("a new store opens");
     (Arc::new(store), dir)
+}
+
+/// The variable that names the PostgreSQL server of the tests.
+pub const DATABASE_URL_VAR: &str = "OAJ_TEST_DATABASE_URL";
+
+/// Returns the URL of the PostgreSQL server of the tests, or `None` when none is set and the
+/// tests may be skipped.
+///
+/// Panics when none is set under CI (`CI=true`), so that a missing server cannot pass unnoticed.
+pub fn database_url() -> Option<String> {
+    match std::env::var(DATABASE_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => panic!(
+            "{DATABASE_URL_VAR} is not set, but CI=true requires the PostgreSQL tests to run: \
+             start a server with scripts/pg-test-cluster.sh start and export its URL"
+        ),
+        _ => {
+            // Once per run, and straight to the terminal: the test harness hides eprintln!.
+            static SKIP_NOTICE: Once = Once::new();
+            SKIP_NOTICE.call_once(|| {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** SKIPPED: every PostgreSQL conformance test, because \
+                     {DATABASE_URL_VAR} is not set. Start a server with \
+                     scripts/pg-test-cluster.sh start and export its URL. ***\n"
+                );
+            });
+            None
+        }
+    }
+}
+
+/// Returns a fresh, unique schema name for one test.
+pub fn schema_new() -> String {
+    format!("oaj_test_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Connects a PostgreSQL store in a new schema of its own, or returns `None` when the tests run
+/// without a server (see [`database_url`]). Schemas are left behind for the throwaway cluster.
+pub async fn postgres_store() -> Option<Arc<dyn Store>> {
+    let url = database_url()?;
+    let store = postgres_connect(&url, &schema_new()).await;
+    Some(Arc::new(store))
+}
+
+/// Connects a PostgreSQL store to `schema`, creating the schema if needed.
+pub async fn postgres_connect(url: &str, schema: &str) -> PostgresStore {
+    let options = PostgresOptions {
+        schema: Some(schema.to_owned()),
+        pool_size: 4,
+    };
+    PostgresStore::connect_with(url, options)
+        .await
+        .expect("the test PostgreSQL server accepts a new store")
 }
 
 /// Builds a workflow record with a small document.

@@ -75,7 +75,7 @@ async fn workflow_list_highest_of_each(store: Arc<dyn Store>) {
     assert_eq!(listed, expected);
 }
 
-crate::sqlite_tests!(
+crate::store_tests!(
     workflow_insert_same_is_unchanged,
     workflow_insert_different_document_rejected,
     workflow_insert_invalid_version_rejected,

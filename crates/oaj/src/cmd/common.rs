@@ -10,9 +10,10 @@ use oaj_core::SystemClock;
 use oaj_engine::agent::AgentRegistry;
 use oaj_engine::{Engine, EngineConfig};
 use oaj_store::sqlite::SqliteStore;
+use oaj_store::PostgresStore;
 use oaj_store::Store;
 
-/// Where the embedded database lives.
+/// Database location: an embedded SQLite file, or a PostgreSQL server.
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// SQLite database file; created if missing. Default: $XDG_DATA_HOME/oaj/oaj.db, or
@@ -20,6 +21,16 @@ pub struct DbArgs {
     // Global so that `oaj jobs list --db PATH` works as well as `oaj jobs --db PATH list`.
     #[arg(long, env = "OAJ_DB", value_name = "PATH", global = true)]
     pub db: Option<PathBuf>,
+    /// PostgreSQL database shared by many oaj processes, such as
+    /// postgres://oaj@db.example:5432/oaj. Used instead of --db when given.
+    #[arg(
+        long,
+        env = "OAJ_DATABASE_URL",
+        value_name = "URL",
+        conflicts_with = "db",
+        global = true
+    )]
+    pub database: Option<String>,
 }
 
 impl DbArgs {
@@ -47,11 +58,19 @@ impl DbArgs {
         Ok(dir.join("oaj.db"))
     }
 
-    /// Opens the store at [`DbArgs::path`].
-    pub fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+    /// Opens the PostgreSQL store when `--database` is given, and otherwise the SQLite store at
+    /// [`DbArgs::path`]. Returns the store and where it is, for logs (without a password).
+    pub async fn open(&self) -> anyhow::Result<(Arc<dyn Store>, String)> {
+        if let Some(url) = &self.database {
+            let store = PostgresStore::connect(url)
+                .await
+                .context("cannot open the PostgreSQL store given by --database")?;
+            let location = store.url_redacted().to_owned();
+            return Ok((Arc::new(store), location));
+        }
         let path = self.path()?;
         let store = SqliteStore::open(&path)?;
-        Ok(Arc::new(store))
+        Ok((Arc::new(store), path.display().to_string()))
     }
 }
 

@@ -108,7 +108,7 @@ pub struct Decision {
 pub async fn run(args: JobsCommand) -> anyhow::Result<ExitCode> {
     let source = match args.server.client()? {
         Some(client) => JobSource::Remote(client),
-        None => JobSource::Local(args.db.open()?),
+        None => JobSource::Local(args.db.open().await?.0),
     };
     match args.action {
         JobsAction::List {

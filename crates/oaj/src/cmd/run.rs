@@ -79,7 +79,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(exit::INVALID));
         }
     };
-    let store = args.db.open()?;
+    let (store, _) = args.db.open().await?;
     let mut config = args.worker.config();
     let engine = common::engine(store.clone(), config.clone());
     let job_id = match submit(&engine, &text, input, args.priority).await? {

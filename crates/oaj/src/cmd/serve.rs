@@ -36,8 +36,7 @@ pub struct ServeArgs {
 /// Serves until SIGINT or SIGTERM, then stops accepting requests, lets the engine hand
 /// unfinished jobs back through their leases, and exits.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let path = args.db.path()?;
-    let store = args.db.open()?;
+    let (store, location) = args.db.open().await?;
     let mut config = args.worker.config();
     let run_workers = args.workers != Some(0);
     if let Some(workers) = args.workers.filter(|workers| *workers > 0) {
@@ -56,7 +55,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let server_config = ServerConfig { token: args.token };
     let has_token = server_config.token.is_some();
-    info!(address = %address, db = %path.display(), has_token, run_workers, "server started");
+    info!(address = %address, db = %location, has_token, run_workers, "server started");
     let engine_task = run_workers.then(|| {
         let engine = engine.clone();
         let shutdown = shutdown.clone();

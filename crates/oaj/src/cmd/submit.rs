@@ -145,7 +145,7 @@ fn is_workflow_id(text: &str) -> bool {
 
 /// Registers and submits through the engine on the local database, without running a worker.
 async fn local(args: &SubmitArgs, submission: Submission) -> anyhow::Result<ExitCode> {
-    let store = args.db.open()?;
+    let (store, _) = args.db.open().await?;
     let engine = common::engine(store.clone(), worker_config());
     let (workflow_id, workflow_version) = match &submission.document {
         Some(text) => match engine.workflow_register(text).await {

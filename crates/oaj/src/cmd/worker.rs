@@ -25,8 +25,7 @@ pub struct WorkerCommand {
 
 /// Runs `oaj worker` until SIGINT or SIGTERM, then shuts down gracefully.
 pub async fn run(args: WorkerCommand) -> anyhow::Result<ExitCode> {
-    let path = args.db.path()?;
-    let store = args.db.open()?;
+    let (store, location) = args.db.open().await?;
     let mut config = args.worker.config();
     config.exit_when_idle = args.exit_when_idle;
     let engine = common::engine(store, config);
@@ -43,7 +42,7 @@ pub async fn run(args: WorkerCommand) -> anyhow::Result<ExitCode> {
             shutdown.cancel();
         }
     });
-    info!(db = %path.display(), "worker started");
+    info!(db = %location, "worker started");
     engine.run(shutdown.clone()).await;
     shutdown.cancel();
     // The watcher ends as soon as the token is cancelled.

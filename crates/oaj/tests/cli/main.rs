@@ -7,6 +7,7 @@ mod bench;
 mod control;
 mod database;
 mod examples;
+mod fleet;
 mod jobs;
 mod recovery;
 mod run;

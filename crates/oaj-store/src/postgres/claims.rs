@@ -1,0 +1,166 @@
+//! Claims and leases: how a worker takes queued jobs, keeps them, and proves it still holds them.
+
+use oaj_core::{transition, JobState, Transition};
+use serde_json::json;
+
+use super::job_reads::step_run_list;
+use super::rows::{job_columns, job_from_row};
+use super::tx::PgTx;
+use super::workflows::WorkflowCache;
+use crate::error::StoreError;
+use crate::model::{ClaimParams, ClaimedJob, Job, Lease, LeaseExtend, LeaseStatus};
+use crate::sqlite::claims::control_parse;
+
+// SKIP LOCKED lets workers of many processes claim at once. Each claim passes over the rows that
+// another claim has locked instead of waiting for them, so no two claims return the same job.
+const SELECT_QUEUED: &str = "SELECT id FROM jobs WHERE state = 'queued'
+    ORDER BY claim_key, id LIMIT $1 FOR UPDATE SKIP LOCKED";
+const SELECT_QUEUED_AMONG: &str = "SELECT id FROM jobs WHERE state = 'queued'
+    AND id = ANY($2::text[]) ORDER BY claim_key, id LIMIT $1 FOR UPDATE SKIP LOCKED";
+const UPDATE_CLAIM: &str = concat!(
+    "UPDATE jobs SET state = 'running', lease_owner = $2, lease_token = lease_token + 1,
+    lease_expires_at = $3, started_at = COALESCE(started_at, $4), updated_at = $4,
+    control = NULL WHERE id = ANY($1::text[]) AND state = 'queued' RETURNING ",
+    job_columns!()
+);
+const SELECT_LEASE: &str = "SELECT lease_token, state FROM jobs WHERE id = $1 FOR NO KEY UPDATE";
+const UPDATE_EXTEND: &str = "UPDATE jobs SET lease_expires_at = $3
+    WHERE id = $1 AND lease_token = $2 AND state = 'running' RETURNING control";
+
+/// Claims up to `params.limit` queued jobs in claim order and gives each a new lease.
+pub(crate) async fn job_claim(
+    tx: &mut PgTx<'_>,
+    cache: &WorkflowCache,
+    params: &ClaimParams,
+) -> Result<Vec<ClaimedJob>, StoreError> {
+    transition(JobState::Queued, Transition::Claim).expect("queued jobs can be claimed");
+    let limit = i64::from(params.limit);
+    let rows = if params.job_ids.is_empty() {
+        tx.query(SELECT_QUEUED, &[&limit]).await?
+    } else {
+        tx.query(SELECT_QUEUED_AMONG, &[&limit, &params.job_ids])
+            .await?
+    };
+    let ids = rows
+        .iter()
+        .map(|row| row.try_get::<_, String>(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let expires_at = params.now + params.lease_ms;
+    let rows = tx
+        .query(
+            UPDATE_CLAIM,
+            &[&ids, &params.worker_id, &expires_at, &params.now],
+        )
+        .await?;
+    let mut jobs = rows
+        .iter()
+        .map(job_from_row)
+        .collect::<Result<Vec<Job>, _>>()?;
+    assert_eq!(
+        jobs.len(),
+        ids.len(),
+        "the claimed rows are locked by this transaction"
+    );
+    // UPDATE returns rows in no set order, so put them back in claim order.
+    jobs.sort_by_key(|job| ids.iter().position(|id| *id == job.id));
+
+    let mut claimed = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        claimed.push(claimed_job(tx, cache, params, job).await?);
+    }
+    let count = i64::try_from(claimed.len()).expect("a claim returns few jobs");
+    tx.counts_move(JobState::Queued, JobState::Running, count);
+    Ok(claimed)
+}
+
+async fn claimed_job(
+    tx: &mut PgTx<'_>,
+    cache: &WorkflowCache,
+    params: &ClaimParams,
+    job: Job,
+) -> Result<ClaimedJob, StoreError> {
+    let id = job.id.clone();
+    let workflow = cache
+        .get(tx.db(), &job.workflow_id, &job.workflow_version)
+        .await?
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "job {id} runs workflow {} version {}, which is not stored",
+                job.workflow_id, job.workflow_version
+            ))
+        })?;
+    let steps = step_run_list(tx.db(), &id).await?;
+
+    let data = json!({ "worker_id": params.worker_id, "token": job.lease_token });
+    tx.job_event("job.running".to_owned(), &id, data, params.now);
+    let lease = Lease {
+        job_id: id,
+        token: job.lease_token,
+    };
+    Ok(ClaimedJob {
+        job,
+        workflow,
+        lease,
+        steps,
+    })
+}
+
+/// Locks the job's row and checks that `lease` is its current lease and the job is running
+/// (fencing). The lock holds until the commit, so no rescue or claim can slip in between the
+/// check and the write it guards.
+///
+/// Fails with [`StoreError::LeaseLost`] otherwise, including when the job was deleted.
+pub(crate) async fn lease_check(tx: &PgTx<'_>, lease: &Lease) -> Result<(), StoreError> {
+    let current = tx.query_opt(SELECT_LEASE, &[&lease.job_id]).await?;
+    let is_current = match current {
+        Some(row) => {
+            let token: i64 = row.try_get(0)?;
+            let state: String = row.try_get(1)?;
+            token == lease.token && state == JobState::Running.as_str()
+        }
+        None => false,
+    };
+    if is_current {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost {
+            job_id: lease.job_id.clone(),
+            token: lease.token,
+        })
+    }
+}
+
+/// Renews each lease that is still current and reports the ones that are lost.
+pub(crate) async fn lease_extend(
+    tx: &mut PgTx<'_>,
+    params: &LeaseExtend,
+) -> Result<Vec<LeaseStatus>, StoreError> {
+    let expires_at = params.now + params.lease_ms;
+    // Rows are locked in id order, so two renewals of overlapping jobs never wait for each other
+    // in a cycle.
+    let mut order: Vec<usize> = (0..params.leases.len()).collect();
+    order.sort_by(|a, b| params.leases[*a].job_id.cmp(&params.leases[*b].job_id));
+    let mut statuses = vec![None; params.leases.len()];
+    for index in order {
+        let lease = &params.leases[index];
+        let row = tx
+            .query_opt(UPDATE_EXTEND, &[&lease.job_id, &lease.token, &expires_at])
+            .await?;
+        let job_id = lease.job_id.clone();
+        statuses[index] = Some(match row {
+            Some(row) => LeaseStatus::Held {
+                job_id,
+                control: control_parse(row.try_get::<_, Option<String>>(0)?.as_deref())?,
+            },
+            None => LeaseStatus::Lost { job_id },
+        });
+    }
+    Ok(statuses
+        .into_iter()
+        .map(|status| status.expect("every lease got a status"))
+        .collect())
+}

@@ -1,0 +1,177 @@
+//! Reads of jobs, step runs, attempts and events, and the deletion of an ended job.
+
+use std::collections::BTreeMap;
+
+use oaj_core::{JobState, Priority};
+use tokio_postgres::types::ToSql;
+
+use super::db::Db;
+use super::job_moves::job_head;
+use super::rows::{
+    attempt_columns, attempt_from_row, decode_all, event_columns, event_from_row, job_columns,
+    job_from_row, priority_from_rank, step_run_columns, step_run_from_row,
+};
+use super::tx::PgTx;
+use crate::error::StoreError;
+use crate::model::{Attempt, Event, EventFilter, Job, JobFilter, StepRun};
+use crate::sqlite::errors::corrupt;
+
+const SELECT_JOB: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
+const SELECT_JOBS: &str = concat!("SELECT ", job_columns!(), " FROM jobs");
+const SELECT_QUEUE_DEPTH: &str =
+    "SELECT priority, COUNT(*) FROM jobs WHERE state = 'queued' GROUP BY priority";
+const SELECT_COUNTS: &str = "SELECT state, count FROM job_counts";
+const SELECT_STEP_RUNS: &str = concat!(
+    "SELECT ",
+    step_run_columns!(),
+    " FROM step_runs WHERE job_id = $1 ORDER BY step_id COLLATE \"C\", item"
+);
+const SELECT_ATTEMPTS: &str = concat!(
+    "SELECT ",
+    attempt_columns!(),
+    " FROM attempts WHERE job_id = $1 ORDER BY id"
+);
+const SELECT_JOB_EVENTS: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+);
+const SELECT_EVENTS: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
+);
+const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = $1";
+
+/// Jobs returned by one list when the filter sets no limit.
+const LIST_LIMIT_DEFAULT: u32 = 100;
+/// The maximum number of jobs one list returns, whatever limit the filter requests.
+const LIST_LIMIT_MAX: u32 = 1000;
+/// Events returned by one list when the filter sets no limit, and the maximum it may request.
+const EVENT_LIMIT_DEFAULT: u32 = 1000;
+
+/// Reads one job.
+pub(crate) async fn job_get(db: Db<'_>, id: &str) -> Result<Option<Job>, StoreError> {
+    match db.query_opt(SELECT_JOB, &[&id]).await? {
+        Some(row) => Ok(Some(job_from_row(&row)?)),
+        None => Ok(None),
+    }
+}
+
+/// Lists jobs newest first (by id, since UUIDv7 ids sort by creation time), with filters.
+pub(crate) async fn job_list(db: Db<'_>, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+    let states: Vec<&str> = filter.states.iter().map(|state| state.as_str()).collect();
+    let limit = i64::from(match filter.limit {
+        0 => LIST_LIMIT_DEFAULT,
+        limit => limit.min(LIST_LIMIT_MAX),
+    });
+    let mut conditions = Vec::new();
+    let mut values: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    if !states.is_empty() {
+        values.push(&states);
+        conditions.push(format!("state = ANY(${}::text[])", values.len()));
+    }
+    let equal = [
+        ("workflow_id =", &filter.workflow_id),
+        ("batch_id =", &filter.batch_id),
+        ("id <", &filter.before_id),
+    ];
+    for (condition, value) in equal {
+        if let Some(value) = value {
+            values.push(value);
+            conditions.push(format!("{condition} ${}", values.len()));
+        }
+    }
+    values.push(&limit);
+
+    let mut sql = SELECT_JOBS.to_owned();
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len()));
+    decode_all(db.query(&sql, &values).await?, job_from_row)
+}
+
+/// Reads the job counters.
+pub(crate) async fn job_counts(db: Db<'_>) -> Result<BTreeMap<JobState, u64>, StoreError> {
+    let mut counts = BTreeMap::new();
+    for row in db.query(SELECT_COUNTS, &[]).await? {
+        let state: String = row.try_get(0)?;
+        let count: i64 = row.try_get(1)?;
+        let state = state
+            .parse::<JobState>()
+            .map_err(|_| corrupt("job_counts.state", &state))?;
+        let count = u64::try_from(count).map_err(|_| corrupt("job_counts.count", count))?;
+        counts.insert(state, count);
+    }
+    Ok(counts)
+}
+
+/// Counts queued jobs by priority.
+pub(crate) async fn queue_depth(db: Db<'_>) -> Result<BTreeMap<Priority, u64>, StoreError> {
+    let mut depth = BTreeMap::new();
+    for row in db.query(SELECT_QUEUE_DEPTH, &[]).await? {
+        let priority = priority_from_rank(row.try_get(0)?)?;
+        let count: i64 = row.try_get(1)?;
+        let count = u64::try_from(count).map_err(|_| corrupt("count", count))?;
+        depth.insert(priority, count);
+    }
+    Ok(depth)
+}
+
+/// Lists a job's step runs by step id, then item (the step itself first).
+pub(crate) async fn step_run_list(db: Db<'_>, job_id: &str) -> Result<Vec<StepRun>, StoreError> {
+    decode_all(
+        db.query(SELECT_STEP_RUNS, &[&job_id]).await?,
+        step_run_from_row,
+    )
+}
+
+/// Lists a job's attempts, oldest first.
+pub(crate) async fn attempt_list(db: Db<'_>, job_id: &str) -> Result<Vec<Attempt>, StoreError> {
+    decode_all(
+        db.query(SELECT_ATTEMPTS, &[&job_id]).await?,
+        attempt_from_row,
+    )
+}
+
+/// Lists events after `filter.after_seq`, in sequence order.
+pub(crate) async fn event_list(db: Db<'_>, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
+    let limit = i64::from(match filter.limit {
+        0 => EVENT_LIMIT_DEFAULT,
+        limit => limit.min(EVENT_LIMIT_DEFAULT),
+    });
+    let rows = match &filter.job_id {
+        Some(job_id) => {
+            db.query(SELECT_JOB_EVENTS, &[job_id, &filter.after_seq, &limit])
+                .await?
+        }
+        None => {
+            db.query(SELECT_EVENTS, &[&filter.after_seq, &limit])
+                .await?
+        }
+    };
+    decode_all(rows, event_from_row)
+}
+
+/// Deletes an ended job with its rows and events.
+///
+/// It writes no event, because the job's events go with it and the trait gives no time to
+/// stamp one with.
+pub(crate) async fn job_delete(tx: &mut PgTx<'_>, id: &str) -> Result<(), StoreError> {
+    let head = job_head(tx, id)
+        .await?
+        .ok_or_else(|| StoreError::JobNotFound(id.to_owned()))?;
+    if !head.state.is_final() {
+        return Err(StoreError::JobStateConflict {
+            job_id: id.to_owned(),
+            state: head.state,
+            message: "delete applies only to completed, failed or cancelled jobs: cancel it first"
+                .to_owned(),
+        });
+    }
+    tx.execute(DELETE_JOB, &[&id]).await?;
+    tx.counts_add(head.state, -1);
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! The writes a worker makes under its lease: attempts, step runs and the end of its lease.
+//! Each is fenced: it locks the job's row and runs only while the worker's lease is current.
+
+use oaj_core::Transition;
+use serde_json::json;
+
+use super::claims::lease_check;
+use super::job_moves::{job_end, job_head, job_move, JobMove};
+use super::tx::PgTx;
+use crate::error::StoreError;
+use crate::model::{
+    AttemptFinish, AttemptStart, Control, Event, JobFinish, JobOutcome, StepUpdate,
+};
+use crate::sqlite::claims::control_parse;
+use crate::sqlite::rows::item_to_column;
+
+const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_id, step_id, item, number, worker_id,
+    lease_token, state, started_at) VALUES ($1, $2, $3, $4, $5, $6, 'running', $7) RETURNING id";
+const UPSERT_STEP_RUNNING: &str = "INSERT INTO step_runs (job_id, step_id, item, state, attempts,
+    updated_at) VALUES ($1, $2, $3, 'running', $4, $5)
+    ON CONFLICT (job_id, step_id, item) DO UPDATE SET state = 'running',
+    attempts = excluded.attempts, next_attempt_at = NULL, updated_at = excluded.updated_at";
+const UPDATE_ATTEMPT_END: &str = "UPDATE attempts SET state = $3, error = $4, log = $5,
+    prompt_tokens = $6, completion_tokens = $7, finished_at = $8
+    WHERE id = $1 AND job_id = $2 AND state = 'running' RETURNING number";
+const UPDATE_STEP_AFTER_ATTEMPT: &str = "UPDATE step_runs SET state = $4, output = $5,
+    error = $6, next_attempt_at = $7, updated_at = $8
+    WHERE job_id = $1 AND step_id = $2 AND item = $3";
+const UPDATE_JOB_TOKENS: &str = "UPDATE jobs SET prompt_tokens = prompt_tokens + $2,
+    completion_tokens = completion_tokens + $3, updated_at = $4 WHERE id = $1";
+const UPSERT_STEP: &str = "INSERT INTO step_runs (job_id, step_id, item, state, output, error,
+    items_total, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    ON CONFLICT (job_id, step_id, item) DO UPDATE SET state = excluded.state,
+    output = COALESCE(excluded.output, step_runs.output), error = excluded.error,
+    items_total = COALESCE(excluded.items_total, step_runs.items_total),
+    updated_at = excluded.updated_at";
+// The job's row is locked since the lease check, so no request can arrive between this read and
+// the commit.
+const SELECT_CONTROL: &str = "SELECT control FROM jobs WHERE id = $1";
+const SELECT_DECIDED_WAITING: &str = "SELECT EXISTS (SELECT 1 FROM step_runs
+    WHERE job_id = $1 AND state = 'waiting' AND decision_at IS NOT NULL)";
+
+/// Records the start of an attempt and marks its step run running. Returns the attempt id.
+pub(crate) async fn attempt_start(
+    tx: &mut PgTx<'_>,
+    start: &AttemptStart,
+) -> Result<i64, StoreError> {
+    lease_check(tx, &start.lease).await?;
+    let job_id = &start.lease.job_id;
+    let item = item_to_column(start.item);
+    let number = i64::from(start.number);
+    let id: i64 = tx
+        .db()
+        .query_value(
+            INSERT_ATTEMPT,
+            &[
+                job_id,
+                &start.step_id,
+                &item,
+                &number,
+                &start.worker_id,
+                &start.lease.token,
+                &start.now,
+            ],
+        )
+        .await?;
+    tx.execute(
+        UPSERT_STEP_RUNNING,
+        &[job_id, &start.step_id, &item, &number, &start.now],
+    )
+    .await?;
+
+    let data = json!({ "worker_id": start.worker_id });
+    let mut event = step_event(
+        "attempt.started",
+        job_id,
+        &start.step_id,
+        start.item,
+        data,
+        start.now,
+    );
+    event.attempt = Some(start.number);
+    tx.event_add(event);
+    Ok(id)
+}
+
+/// Records the end of an attempt, the new state of its step run and the tokens it used, and
+/// returns the request pending on the job.
+pub(crate) async fn attempt_finish(
+    tx: &mut PgTx<'_>,
+    finish: &AttemptFinish,
+) -> Result<Option<Control>, StoreError> {
+    lease_check(tx, &finish.lease).await?;
+    let job_id = &finish.lease.job_id;
+    let row = tx
+        .query_opt(
+            UPDATE_ATTEMPT_END,
+            &[
+                &finish.attempt_id,
+                job_id,
+                &finish.state.as_str(),
+                &finish.error,
+                &finish.log,
+                &finish.prompt_tokens,
+                &finish.completion_tokens,
+                &finish.now,
+            ],
+        )
+        .await?
+        .ok_or_else(|| StoreError::AttemptNotRunning {
+            job_id: job_id.clone(),
+            attempt_id: finish.attempt_id,
+        })?;
+    let number: i64 = row.try_get(0)?;
+    let output = finish.output.as_ref().map(|output| output.to_string());
+    tx.execute(
+        UPDATE_STEP_AFTER_ATTEMPT,
+        &[
+            job_id,
+            &finish.step_id,
+            &item_to_column(finish.item),
+            &finish.step_state.as_str(),
+            &output,
+            &finish.error,
+            &finish.next_attempt_at,
+            &finish.now,
+        ],
+    )
+    .await?;
+    tx.execute(
+        UPDATE_JOB_TOKENS,
+        &[
+            job_id,
+            &finish.prompt_tokens,
+            &finish.completion_tokens,
+            &finish.now,
+        ],
+    )
+    .await?;
+
+    let kind = format!("attempt.{}", finish.state.as_str());
+    let data = json!({ "step_state": finish.step_state.as_str(), "error": finish.error });
+    let mut event = step_event(
+        &kind,
+        job_id,
+        &finish.step_id,
+        finish.item,
+        data,
+        finish.now,
+    );
+    event.attempt = Some(
+        u32::try_from(number)
+            .map_err(|_| crate::sqlite::errors::corrupt("attempts.number", number))?,
+    );
+    tx.event_add(event);
+
+    let control: Option<String> = tx.db().query_value(SELECT_CONTROL, &[job_id]).await?;
+    control_parse(control.as_deref())
+}
+
+/// Changes a step run without an attempt and writes its `step.<state>` event.
+pub(crate) async fn step_update(tx: &mut PgTx<'_>, update: &StepUpdate) -> Result<(), StoreError> {
+    lease_check(tx, &update.lease).await?;
+    let job_id = &update.lease.job_id;
+    let output = update.output.as_ref().map(|output| output.to_string());
+    let items_total = update.items_total.map(i64::from);
+    tx.execute(
+        UPSERT_STEP,
+        &[
+            job_id,
+            &update.step_id,
+            &item_to_column(update.item),
+            &update.state.as_str(),
+            &output,
+            &update.error,
+            &items_total,
+            &update.now,
+        ],
+    )
+    .await?;
+    let kind = format!("step.{}", update.state);
+    let data = json!({ "error": update.error, "items_total": update.items_total });
+    tx.event_add(step_event(
+        &kind,
+        job_id,
+        &update.step_id,
+        update.item,
+        data,
+        update.now,
+    ));
+    Ok(())
+}
+
+/// Ends the worker's lease on a job and moves the job as `finish.outcome` requests.
+pub(crate) async fn job_finish(tx: &mut PgTx<'_>, finish: &JobFinish) -> Result<(), StoreError> {
+    lease_check(tx, &finish.lease).await?;
+    let job_id = finish.lease.job_id.as_str();
+    let head = job_head(tx, job_id)
+        .await?
+        .expect("lease_check found the job");
+    let mut step = JobMove::new(job_id, &head, Transition::Release, finish.now);
+    match &finish.outcome {
+        JobOutcome::Completed(result) => {
+            step.transition = Transition::Complete;
+            step.result = Some(result);
+            return job_end(tx, &step).await.map(drop);
+        }
+        JobOutcome::Failed(error) => {
+            step.transition = Transition::Fail;
+            step.error = Some(error.clone());
+            return job_end(tx, &step).await.map(drop);
+        }
+        JobOutcome::Cancelled => {
+            step.transition = Transition::Cancel;
+            return job_end(tx, &step).await.map(drop);
+        }
+        JobOutcome::Paused => step.transition = Transition::Pause,
+        JobOutcome::Parked { deadline } => {
+            // A decision that arrived while the worker still held the job must not be missed,
+            // so such a job goes back to the queue instead of waiting.
+            let is_decided: bool = tx
+                .db()
+                .query_value(SELECT_DECIDED_WAITING, &[&job_id])
+                .await?;
+            if !is_decided {
+                step.transition = Transition::Park;
+                step.run_at = Some(*deadline);
+            }
+        }
+        JobOutcome::Released => {}
+    }
+    job_move(tx, &step).await.map(drop)
+}
+
+/// Builds an event about one step run of a job.
+pub(crate) fn step_event(
+    kind: &str,
+    job_id: &str,
+    step_id: &str,
+    item: Option<u32>,
+    data: serde_json::Value,
+    at: i64,
+) -> Event {
+    crate::sqlite::worker_writes::step_event(kind, job_id, step_id, item, data, at)
+}
