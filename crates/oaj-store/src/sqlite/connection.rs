@@ -20,9 +20,7 @@ pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connect
     let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     conn.busy_timeout(busy_timeout)
         .map_err(|e| open_error(path, e))?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .map_err(|e| open_error(path, e))?;
+    let mode = journal_mode_wal(&conn, busy_timeout).map_err(|e| open_error(path, e))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Open {
             path: path.display().to_string(),
@@ -31,6 +29,37 @@ pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connect
     }
     configure(&conn).map_err(|e| open_error(path, e))?;
     Ok(conn)
+}
+
+/// Switches the file to WAL and returns the journal mode it ends in.
+///
+/// The switch needs an exclusive lock, and SQLite reports a lock held by another connection as
+/// busy at once instead of through the busy handler, so two processes that open a new file at the
+/// same moment would see a spurious busy error. The switch is therefore retried until
+/// `busy_timeout` runs out. A file already in WAL (the mode is stored in the file) needs no lock.
+fn journal_mode_wal(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
+    let current: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+    if current.eq_ignore_ascii_case("wal") {
+        return Ok(current);
+    }
+    let deadline = std::time::Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)) {
+            Err(error) if is_busy(&error) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Opens a connection that only reads.

@@ -83,3 +83,23 @@ fn open_twice_applies_migrations_once() {
     drop(SqliteStore::open(&path).expect("a new store opens"));
     drop(SqliteStore::open(&path).expect("the store opens again"));
 }
+
+/// Regression: two processes opening a new file at once used to fail one of them with "database
+/// is busy", because switching to WAL reports a held lock at once instead of waiting.
+#[test]
+fn open_new_file_concurrently_succeeds() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oaj.db");
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteStore::open(&path).map(drop))
+            })
+            .collect();
+        for opener in openers {
+            let opened = opener.join().expect("opener thread");
+            assert!(opened.is_ok(), "{:?}", opened.err());
+        }
+    }
+}
