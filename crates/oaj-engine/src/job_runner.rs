@@ -241,13 +241,15 @@ impl JobRunner {
 
     /// Decides how the job ends when no attempt is running, or `None` when timers are pending.
     fn outcome_when_idle(&mut self, signal: Signal, now: i64) -> Result<Option<JobOutcome>, Stop> {
+        // A job whose last step ended while a pause or shutdown was pending is done: completing
+        // it beats handing it back with nothing left to run.
+        if self.steps.iter().all(|step| step.slot.is_final()) {
+            return Ok(Some(self.completed_outcome()));
+        }
         match signal {
             Signal::Pause => return Ok(Some(JobOutcome::Paused)),
             Signal::Shutdown => return Ok(Some(JobOutcome::Released)),
             _ => {}
-        }
-        if self.steps.iter().all(|step| step.slot.is_final()) {
-            return Ok(Some(self.completed_outcome()));
         }
         let has_retry = self.steps.iter().any(|step| {
             matches!(step.slot, Slot::Retrying(_))

@@ -205,3 +205,25 @@ async fn pause_between_heartbeats_stops_next_step() {
         "no step starts after the pause request"
     );
 }
+
+/// Regression: a pause that arrived while the last step ran left a finished job paused, with
+/// nothing left to resume.
+#[tokio::test]
+async fn pause_during_last_step_completes_job() {
+    let harness = Harness::start().await;
+    let workflow = json!({
+        "id": "last-step",
+        "steps": [{"id": "only", "component": "sleep", "inputs": {"ms": 300}}]
+    });
+    let job_id = harness.submit(&workflow, json!({})).await;
+    harness
+        .wait_step_state(&job_id, "only", StepState::Running)
+        .await;
+    harness
+        .store()
+        .job_action(&job_id, JobAction::Pause, 0)
+        .await
+        .unwrap();
+    let job = harness.wait_final(&job_id).await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+}
