@@ -14,6 +14,33 @@ use crate::agent::{Agent, AgentCall, AgentError, AgentOutput};
 use crate::engine::Shared;
 use crate::job_runner::Signal;
 
+/// Deepest nesting of arrays and objects allowed in a step's output.
+///
+/// Stored JSON is read back with serde_json's limit of 128 levels, and a fan-out's gathered
+/// output and a job's result wrap step outputs in a few more levels. Outputs stop well below that,
+/// so that nothing the engine writes becomes unreadable.
+pub(crate) const OUTPUT_DEPTH_MAX: usize = 64;
+
+/// Returns how deeply arrays and objects nest in `value`; scalars are depth 0.
+fn json_depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 1)];
+    while let Some((value, depth)) = pending.pop() {
+        match value {
+            Value::Array(items) => {
+                deepest = deepest.max(depth);
+                pending.extend(items.iter().map(|item| (item, depth + 1)));
+            }
+            Value::Object(fields) => {
+                deepest = deepest.max(depth);
+                pending.extend(fields.values().map(|field| (field, depth + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Everything an attempt needs, gathered by the job runner.
 pub(crate) struct AttemptPlan {
     pub(crate) lease: Lease,
@@ -256,6 +283,16 @@ fn attempt_finish(
         now,
     };
     let (error, retryable, retry_after) = match result {
+        CallResult::Output(output) if json_depth(&output.output) > OUTPUT_DEPTH_MAX => {
+            finish.state = AttemptState::Failed;
+            finish.log = output.log;
+            let depth = json_depth(&output.output);
+            let message = format!(
+                "output nests {depth} levels deep, more than the limit of {OUTPUT_DEPTH_MAX}: \
+                 return flatter JSON"
+            );
+            (message, false, None)
+        }
         CallResult::Output(output) => {
             finish.log = output.log;
             if let Some(usage) = output.usage {
@@ -321,6 +358,8 @@ fn outcome_of(finish: &AttemptFinish) -> AttemptOutcome {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::agent::NoopAgent;
 
@@ -389,6 +428,31 @@ mod tests {
         );
         assert_eq!(finish.state, AttemptState::TimedOut);
         assert_eq!(finish.step_state, StepState::Retrying);
+    }
+
+    #[test]
+    fn deeply_nested_output_fails_without_retry() {
+        let mut output = json!(1);
+        for _ in 0..OUTPUT_DEPTH_MAX {
+            output = json!([output]);
+        }
+        let allowed = CallResult::Output(AgentOutput {
+            output: output.clone(),
+            ..AgentOutput::default()
+        });
+        assert_eq!(
+            attempt_finish(&plan(1), 1, allowed, 0, 0.0).state,
+            AttemptState::Succeeded
+        );
+
+        let too_deep = CallResult::Output(AgentOutput {
+            output: json!([output]),
+            ..AgentOutput::default()
+        });
+        let finish = attempt_finish(&plan(1), 1, too_deep, 0, 0.0);
+        assert_eq!(finish.state, AttemptState::Failed);
+        assert_eq!(finish.step_state, StepState::Failed);
+        assert!(finish.error.unwrap().contains("nests 65 levels"));
     }
 
     #[test]

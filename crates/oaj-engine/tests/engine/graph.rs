@@ -186,3 +186,31 @@ async fn panicking_agent_fails_its_step_only() {
         "a panic is not retried"
     );
 }
+
+/// Regression: a chain of steps that each wrapped the previous output stored JSON nested deeper
+/// than the store could read back, and every job listing failed after that.
+#[tokio::test]
+async fn deeply_nested_outputs_fail_job_and_keep_store_readable() {
+    let harness = Harness::start().await;
+    let mut steps = vec![json!({"id": "s0", "component": "echo", "inputs": {"value": 1}})];
+    for index in 1..80 {
+        let previous = format!("${{steps.s{}.outputs}}", index - 1);
+        steps.push(json!({"id": format!("s{index}"), "component": "echo", "inputs": {"previous": previous}}));
+    }
+    let workflow = json!({"id": "nesting", "steps": steps});
+    let job_id = harness.submit(&workflow, json!({})).await;
+    let job = harness.wait_final(&job_id).await;
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.error.unwrap().contains("levels deep"));
+
+    let filter = oaj_store::JobFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    let listed = harness
+        .store()
+        .job_list(filter)
+        .await
+        .expect("jobs can still be listed");
+    assert_eq!(listed.len(), 1);
+}
