@@ -150,6 +150,7 @@ fn retry_check(retry: &RetrySpec, path: &str, step: Option<&str>, problems: &mut
     for (name, delay) in delays {
         if let Some(delay) = delay {
             at_least_check(delay, 0.0, &pointer(path, name), step, problems);
+            duration_max_check(delay, &pointer(path, name), step, problems);
         }
     }
     if let Some(multiplier) = retry.backoff_multiplier {
@@ -170,12 +171,26 @@ fn retry_check(retry: &RetrySpec, path: &str, step: Option<&str>, problems: &mut
     }
 }
 
+/// Longest timeout, delay or deadline a document may give, in seconds (365 days). Longer values
+/// would overflow the millisecond timestamps that the engine schedules with, and are mistakes.
+pub const DURATION_SECONDS_MAX: f64 = 31_536_000.0;
+
 fn positive_check(value: Option<f64>, path: &str, step: Option<&str>, problems: &mut Vec<Problem>) {
     let Some(value) = value else { return };
     if value <= 0.0 || !value.is_finite() {
         let message = format!("{value} seconds is not a positive duration");
         let problem = Problem::error(ProblemCode::OutOfRange, path, message);
         problems.push(with_step(problem, step).suggest("write a number of seconds above 0"));
+    }
+    duration_max_check(value, path, step, problems);
+}
+
+fn duration_max_check(value: f64, path: &str, step: Option<&str>, problems: &mut Vec<Problem>) {
+    if value.is_finite() && value > DURATION_SECONDS_MAX {
+        let message =
+            format!("{value} seconds is more than the limit of {DURATION_SECONDS_MAX} (365 days)");
+        let problem = Problem::error(ProblemCode::OutOfRange, path, message);
+        problems.push(with_step(problem, step).suggest("write a shorter duration"));
     }
 }
 

@@ -450,6 +450,28 @@ fn retry_numbers_are_checked() {
         .all(|problem| problem.code == ProblemCode::OutOfRange));
 }
 
+/// Regression: a delay of 1e308 seconds passed validation, and the step then never retried.
+#[test]
+fn durations_above_a_year_rejected() {
+    let problems = problems_of(|doc| {
+        doc["steps"][1]["timeout"] = json!(1e308);
+        doc["steps"][1]["retry"] = json!({"delay_seconds": 1e308, "max_delay_seconds": 4e7});
+    });
+    let paths: Vec<&str> = problems
+        .iter()
+        .map(|problem| problem.path.as_str())
+        .collect();
+    let expected = [
+        "/steps/1/timeout",
+        "/steps/1/retry/delay_seconds",
+        "/steps/1/retry/max_delay_seconds",
+    ];
+    assert_eq!(paths, expected);
+    assert!(problems
+        .iter()
+        .all(|problem| problem.message.contains("365 days")));
+}
+
 #[test]
 fn concurrency_limit_at_least_one() {
     let problems =

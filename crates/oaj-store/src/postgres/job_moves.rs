@@ -33,7 +33,8 @@ const UPDATE_SETTLE_EDGE: &str =
 const SELECT_HAS_UNSETTLED: &str =
     "SELECT EXISTS (SELECT 1 FROM job_dependencies WHERE job_id = $1 AND NOT settled)";
 const UPDATE_CANCEL_RUNNING_STEPS: &str = "UPDATE step_runs SET state = 'cancelled',
-    updated_at = $2 WHERE job_id = $1 AND state = 'running'";
+    next_attempt_at = NULL, updated_at = $2
+    WHERE job_id = $1 AND state IN ('running', 'retrying', 'waiting')";
 
 /// The fields of a job that decide its moves.
 #[derive(Debug, Clone)]

@@ -49,6 +49,32 @@ async fn cancel_running_sets_control(store: Arc<dyn Store>) {
     assert_eq!(steps[0].state, StepState::Cancelled);
 }
 
+/// Regression: a job cancelled while a step waited for its next attempt kept that step
+/// `retrying` forever.
+async fn cancel_ends_retrying_step(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let id = insert(&store, job_new(T0)).await;
+    let claimed = claim_one(&store, T0).await;
+    let attempt_id = store
+        .attempt_start(attempt_start(&claimed.lease, "s1", T0 + 1))
+        .await
+        .unwrap();
+    let failed = AttemptFinish {
+        state: AttemptState::Failed,
+        step_state: StepState::Retrying,
+        output: None,
+        error: Some("try again".to_owned()),
+        next_attempt_at: Some(T0 + 60_000),
+        ..attempt_success(&claimed.lease, attempt_id, "s1", T0 + 2)
+    };
+    store.attempt_finish(failed).await.unwrap();
+
+    finish(&store, &claimed.lease, JobOutcome::Cancelled, T0 + 3).await;
+    let steps = store.step_run_list(&id).await.unwrap();
+    assert_eq!(steps[0].state, StepState::Cancelled);
+    assert_eq!(steps[0].next_attempt_at, None);
+}
+
 async fn attempt_finish_returns_pending_request(store: Arc<dyn Store>) {
     workflow_setup(&store).await;
     let id = insert(&store, job_new(T0)).await;
@@ -217,6 +243,7 @@ async fn actions_conflict_on_wrong_state(store: Arc<dyn Store>) {
 }
 
 crate::store_tests!(
+    cancel_ends_retrying_step,
     cancel_queued_is_immediate,
     cancel_running_sets_control,
     attempt_finish_returns_pending_request,
