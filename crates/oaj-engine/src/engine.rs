@@ -87,6 +87,11 @@ impl Engine {
         &self.shared.registry
     }
 
+    /// Returns the engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
     /// Returns the engine's clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.shared.clock
@@ -103,6 +108,13 @@ impl Engine {
         self.claim_loop(&shutdown, &mut runners).await;
 
         self.shared.signal_all(Signal::Shutdown);
+        if !runners.is_empty() {
+            info!(
+                jobs = runners.len(),
+                grace_seconds = self.shared.config.shutdown_grace.as_secs(),
+                "shutting down: letting running attempts finish, then handing the jobs back"
+            );
+        }
         while runners.join_next().await.is_some() {}
         stop_loops.cancel();
         // The loops end at the next tick; a panic in one of them was already reported.

@@ -2,6 +2,7 @@
 
 mod cmd;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,9 +12,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OAJ_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| cli.log_level_default().into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cmd::run(cli) {
         Ok(code) => code,

@@ -49,6 +49,17 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+impl Cli {
+    /// Returns the log filter used when `OAJ_LOG` is not set: long-running processes report
+    /// their starts, stops and recoveries; one-shot commands print only warnings and errors.
+    pub(crate) fn log_level_default(&self) -> &'static str {
+        match self.command {
+            Command::Worker(_) | Command::Serve(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
 /// Runs the command that `cli` names and returns the process exit code.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use oaj_core::{JobState, Priority};
 use oaj_engine::{Engine, JobSubmit, SubmitError};
-use oaj_store::Job;
+use oaj_store::{Job, StoreError};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -105,6 +105,13 @@ async fn submit(
             eprintln!("error: invalid workflow\n{report}");
             return Ok(Err(ExitCode::from(exit::INVALID)));
         }
+        Err(SubmitError::Store(StoreError::WorkflowExistsWithDifferentDocument {
+            id,
+            version,
+        })) => {
+            eprintln!("{}", super::submit::version_conflict(&id, &version));
+            return Ok(Err(ExitCode::from(exit::INVALID)));
+        }
         Err(error) => return Err(error).context("cannot store the workflow"),
     };
     let submit = JobSubmit {
@@ -176,6 +183,11 @@ async fn drive(engine: &Engine, job_id: &str, args: &RunArgs) -> anyhow::Result<
     };
     shutdown.cancel();
     worker.await.context("the worker task failed")?;
+    // Read the job again: a shutdown hands it back to the queue only once its attempts end.
+    let job = match engine.store().job_get(job_id).await? {
+        Some(latest) => latest,
+        None => job,
+    };
     progress.finish();
     report(job, args.json)
 }
@@ -198,7 +210,11 @@ async fn interrupt(
             Ok(false)
         }
         OnInterrupt::Leave => {
-            eprintln!("leaving job {job_id} for a worker; running attempts finish first");
+            let grace = engine.config().shutdown_grace.as_secs();
+            eprintln!(
+                "leaving job {job_id} for a worker: running attempts get up to {grace} s to \
+                 finish; any still running then are stopped and run again by the next worker"
+            );
             shutdown.cancel();
             Ok(true)
         }

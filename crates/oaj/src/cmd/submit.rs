@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use oaj_core::{Clock, JobState, Priority, SystemClock};
 use oaj_engine::{JobSubmit, SubmitError};
-use oaj_store::{Event, Job, JobRef, Store};
+use oaj_store::{Event, Job, JobRef, Store, StoreError};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -210,8 +210,21 @@ fn submit_failed(error: SubmitError) -> anyhow::Result<ExitCode> {
             eprintln!("error: invalid input\n{report}");
             Ok(ExitCode::from(exit::INVALID))
         }
+        SubmitError::Store(StoreError::WorkflowExistsWithDifferentDocument { id, version }) => {
+            eprintln!("{}", version_conflict(&id, &version));
+            Ok(ExitCode::from(exit::INVALID))
+        }
         error => Err(error).context("cannot submit the job"),
     }
+}
+
+/// Explains that a changed document needs a new version, and how to give it one.
+pub(crate) fn version_conflict(id: &str, version: &str) -> String {
+    format!(
+        "error: workflow {id} version {version} is already stored with a different document; \
+         versions never change once stored: raise \"version\" in the file (for example above \
+         {version}) and run again"
+    )
 }
 
 /// Polls the store until the job ends or pauses.

@@ -58,6 +58,29 @@ fn invalid_workflow_exits_three_and_stores_nothing() {
     assert_eq!(sandbox.jobs(), Vec::<Value>::new());
 }
 
+/// Regression: running an edited document under the same version exited 1, as if oaj itself had
+/// failed, with no word on how to go on.
+#[test]
+fn edited_workflow_same_version_exits_three() {
+    let sandbox = Sandbox::new();
+    let first =
+        r#"{"id": "hello", "steps": [{"id": "a", "component": "echo", "inputs": {"t": "hi"}}]}"#;
+    let workflow = sandbox.write("workflow.json", first);
+    let output = sandbox.oaj(&["run", &workflow]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+
+    let edited = first.replace("\"hi\"", "\"hi there\"");
+    let workflow = sandbox.write("workflow.json", &edited);
+    let output = sandbox.oaj(&["run", &workflow]);
+
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("raise \"version\""),
+        "{}",
+        stderr(&output)
+    );
+}
+
 #[test]
 fn invalid_input_exits_three_before_running() {
     let sandbox = Sandbox::new();
