@@ -94,7 +94,8 @@ impl FromStr for JobState {
 /// A request to move a job, named after what happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    /// The job was submitted and must wait (dependencies, `run_at`).
+    /// The job must wait (dependencies, `run_at`): at submit, at resume, or when a queued job
+    /// gains a dependency that has not completed.
     Defer,
     /// The job was submitted, or what it waited for arrived, and it can run.
     Enqueue,
@@ -135,7 +136,7 @@ pub fn transition(from: JobState, transition: Transition) -> Result<JobState, Tr
     use Transition as T;
 
     let to = match (from, transition) {
-        (Created, T::Defer) | (Running, T::Park) | (Paused, T::Defer) => Pending,
+        (Created | Queued | Paused, T::Defer) | (Running, T::Park) => Pending,
         (Created | Pending | Paused | Running, T::Enqueue) => Queued,
         (Running, T::Release) => Queued,
         (Failed | Cancelled, T::Retry) => Queued,
@@ -191,6 +192,15 @@ mod tests {
         let paused = transition(JobState::Running, Transition::Pause).unwrap();
         assert_eq!(paused, JobState::Paused);
         assert_eq!(transition(paused, Transition::Resume), Ok(JobState::Queued));
+    }
+
+    #[test]
+    fn queued_job_defers_to_pending() {
+        assert_eq!(
+            transition(JobState::Queued, Transition::Defer),
+            Ok(JobState::Pending)
+        );
+        assert!(transition(JobState::Running, Transition::Defer).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::config::EngineConfig;
 use crate::job_runner::{JobRunner, Signal};
 use crate::limits::Limits;
 use crate::loaded_workflow::LoadedWorkflow;
+use crate::worker_beat::worker_beat_loop;
 
 /// Most jobs taken by one claim, so that one claim transaction stays short.
 const CLAIM_BATCH_MAX: usize = 512;
@@ -104,6 +105,7 @@ impl Engine {
         let stop_loops = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat_loop(self.shared.clone(), stop_loops.clone()));
         let maintenance = tokio::spawn(maintenance_loop(self.shared.clone(), stop_loops.clone()));
+        let worker_beat = tokio::spawn(worker_beat_loop(self.shared.clone(), stop_loops.clone()));
         let mut runners = JoinSet::new();
         self.claim_loop(&shutdown, &mut runners).await;
 
@@ -120,6 +122,7 @@ impl Engine {
         // The loops end at the next tick; a panic in one of them was already reported.
         let _ = heartbeat.await;
         let _ = maintenance.await;
+        let _ = worker_beat.await;
         debug!("engine stopped");
     }
 
@@ -286,6 +289,11 @@ impl Shared {
             .values()
             .map(|held| held.lease.clone())
             .collect()
+    }
+
+    /// Counts the jobs this engine holds.
+    pub(crate) fn held_count(&self) -> usize {
+        self.held.lock().expect("held jobs lock").len()
     }
 
     fn signal_all(&self, signal: Signal) {

@@ -10,6 +10,7 @@ mod job_runner;
 mod limits;
 mod loaded_workflow;
 mod submit;
+mod worker_beat;
 
 pub use config::EngineConfig;
 pub use engine::Engine;

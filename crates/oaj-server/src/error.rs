@@ -110,6 +110,8 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyKeyReused { .. } => (S::CONFLICT, "idempotency_key_reused"),
             StoreError::JobStateConflict { .. } => (S::CONFLICT, "job_state_conflict"),
             StoreError::DependencyInvalid(_) => (S::UNPROCESSABLE_ENTITY, "dependency_invalid"),
+            StoreError::DependencyCycle { .. } => (S::CONFLICT, "dependency_cycle"),
+            StoreError::DependencyNotFound { .. } => (S::NOT_FOUND, "dependency_not_found"),
             StoreError::ApprovalNotWaiting { .. } => (S::CONFLICT, "approval_not_waiting"),
             StoreError::ApprovalStepAmbiguous { .. } => {
                 (S::UNPROCESSABLE_ENTITY, "approval_step_ambiguous")

@@ -14,6 +14,7 @@ mod extract;
 mod health;
 mod jobs;
 mod jobs_actions;
+mod jobs_dependencies;
 mod metrics;
 mod openapi;
 mod workers;
@@ -88,6 +89,7 @@ pub fn router(engine: Engine, config: ServerConfig, shutdown: CancellationToken)
         .merge(workflows::routes())
         .merge(jobs::routes())
         .merge(jobs_actions::routes())
+        .merge(jobs_dependencies::routes())
         .merge(batches::routes())
         .merge(workers::routes())
         .route("/v1/events", get(events::stream))

@@ -76,6 +76,22 @@ pub enum StoreError {
     /// A job dependency names a job that does not exist, or would create a cycle.
     #[error("invalid dependency: {0}")]
     DependencyInvalid(String),
+    /// Adding a dependency would close a cycle in the dependency graph, so no job of the cycle
+    /// could ever start. A job that depends on itself is a cycle of one.
+    #[error("adding the dependency would create the cycle {}: remove one of these dependencies first", cycle.join(" -> "))]
+    DependencyCycle {
+        /// The job ids of the cycle, starting and ending with the job that would gain the
+        /// dependency.
+        cycle: Vec<String>,
+    },
+    /// The job does not depend on the named job, so there is no dependency to remove.
+    #[error("job {job_id} does not depend on job {depends_on_id}")]
+    DependencyNotFound {
+        /// The job.
+        job_id: String,
+        /// The job named as its dependency.
+        depends_on_id: String,
+    },
     /// No step run matches, or it is not waiting for a decision.
     #[error("{}", approval_not_waiting(job_id, step_id.as_deref()))]
     ApprovalNotWaiting {

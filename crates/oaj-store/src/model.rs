@@ -611,6 +611,8 @@ pub struct MaintenanceReport {
     pub promoted: u64,
     /// Finished jobs deleted by retention.
     pub deleted: u64,
+    /// Workers deleted because they sent no heartbeat for [`WORKER_FORGET_MS`].
+    pub workers_deleted: u64,
 }
 
 /// The parameters of a maintenance pass.
@@ -696,4 +698,54 @@ pub struct JobQuery {
     pub after: Option<JobCursor>,
     /// Most jobs returned; the store may cap it.
     pub limit: u32,
+}
+
+/// A change to one edge of the dependency graph: `job_id` depends on `depends_on_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependencyChange {
+    /// The job that waits.
+    pub job_id: String,
+    /// The job it waits for.
+    pub depends_on_id: String,
+    /// Current time.
+    pub now: i64,
+}
+
+/// How long a worker stays listed without a heartbeat before maintenance deletes it, in
+/// milliseconds. A worker that beats again afterwards is listed again.
+pub const WORKER_FORGET_MS: i64 = 60 * 60 * 1000;
+
+/// One heartbeat of a worker process, stored by [`crate::Store::worker_heartbeat`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerBeat {
+    /// Worker id, as written in leases.
+    pub worker_id: String,
+    /// Host name of the machine the worker runs on.
+    pub hostname: String,
+    /// Operating system process id.
+    pub pid: u32,
+    /// When the worker process started.
+    pub started_at: i64,
+    /// Time of this heartbeat.
+    pub now: i64,
+    /// Jobs the worker holds at this heartbeat.
+    pub running: u32,
+}
+
+/// A worker as stored from its latest heartbeat.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// Worker id, as written in leases.
+    pub worker_id: String,
+    /// Host name of the machine the worker runs on.
+    pub hostname: String,
+    /// Operating system process id.
+    pub pid: u32,
+    /// When the worker process started.
+    pub started_at: i64,
+    /// Time of the latest heartbeat.
+    pub last_seen: i64,
+    /// Jobs the worker held at its latest heartbeat.
+    pub running: u32,
 }

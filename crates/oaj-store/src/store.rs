@@ -78,6 +78,32 @@ pub trait Store: Send + Sync + 'static {
     /// resets failed and cancelled step runs to pending and keeps completed ones.
     async fn job_action(&self, id: &str, action: JobAction, now: i64) -> Result<Job, StoreError>;
 
+    /// Makes `job_id` depend on `depends_on_id` and returns the job afterwards. Adding a stored
+    /// dependency again is a no-op.
+    ///
+    /// The dependency takes effect as at insert: a completed dependency is recorded settled; a
+    /// failed or cancelled one fails the job unless it runs anyway; otherwise a queued job moves
+    /// back to pending. Writes a `job.dependency_added` event.
+    ///
+    /// Fails with [`StoreError::JobNotFound`] for an unknown id, with
+    /// [`StoreError::JobStateConflict`] when the job is running or has ended, and with
+    /// [`StoreError::DependencyCycle`] when `depends_on_id` already depends on `job_id`, directly
+    /// or through other jobs, or is `job_id` itself.
+    async fn job_dependency_add(&self, change: DependencyChange) -> Result<Job, StoreError>;
+
+    /// Removes the dependency of `job_id` on `depends_on_id` and returns the job afterwards. A
+    /// pending job whose other dependencies are all settled and whose `run_at` has come is queued.
+    /// Writes a `job.dependency_removed` event.
+    ///
+    /// Fails with [`StoreError::JobNotFound`] for an unknown job, with
+    /// [`StoreError::JobStateConflict`] when the job is running or has ended, and with
+    /// [`StoreError::DependencyNotFound`] when the job does not depend on `depends_on_id`.
+    async fn job_dependency_remove(&self, change: DependencyChange) -> Result<Job, StoreError>;
+
+    /// Lists the jobs that depend on `job_id`, by id. Fails with [`StoreError::JobNotFound`]
+    /// when the job is not stored.
+    async fn job_dependents(&self, job_id: &str) -> Result<Vec<Job>, StoreError>;
+
     /// Deletes a job that has ended, with its step runs, attempts and events.
     async fn job_delete(&self, id: &str) -> Result<(), StoreError>;
 
@@ -134,8 +160,15 @@ pub trait Store: Send + Sync + 'static {
     /// job settles its dependents in the same transaction. Fenced by the lease.
     async fn job_finish(&self, finish: JobFinish) -> Result<(), StoreError>;
 
+    /// Stores a worker's heartbeat, inserting the worker on its first one.
+    async fn worker_heartbeat(&self, beat: WorkerBeat) -> Result<(), StoreError>;
+
+    /// Lists the workers seen in the [`WORKER_FORGET_MS`] before `now`, by id.
+    async fn worker_list(&self, now: i64) -> Result<Vec<WorkerRecord>, StoreError>;
+
     /// Runs one maintenance pass: rescues expired leases, promotes pending jobs whose time has
-    /// come, and deletes finished jobs past retention, each in bounded batches.
+    /// come, deletes finished jobs past retention and workers not seen for
+    /// [`WORKER_FORGET_MS`], each in bounded batches.
     async fn maintenance(&self, params: MaintenanceParams)
         -> Result<MaintenanceReport, StoreError>;
 

@@ -8,3 +8,4 @@ mod graph;
 mod limits;
 mod retry;
 mod scheduling;
+mod workers;

@@ -213,6 +213,10 @@ async fn health_ready_metrics_workers_openapi() {
     assert!(text.contains("oaj_queue_depth{priority=\"high\"} 0"));
     let (_, document) = server.get("/v1/openapi.json").await;
     assert!(document["paths"]["/v1/jobs/{id}/cancel"]["post"].is_object());
+    let dependencies = &document["paths"]["/v1/jobs/{id}/dependencies"]["post"];
+    assert!(dependencies["responses"]["409"].is_object());
+    assert!(document["paths"]["/v1/jobs/{id}/dependencies/{dep}"]["delete"].is_object());
+    assert!(document["paths"]["/v1/jobs/{id}/dependents"]["get"].is_object());
     assert!(document["components"]["schemas"]["Job"].is_object());
     server.stop().await;
 }

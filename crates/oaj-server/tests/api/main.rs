@@ -2,9 +2,11 @@
 //! it over HTTP.
 
 mod auth;
+mod dependencies;
 mod events;
 mod jobs;
 mod pagination;
 mod shutdown;
 mod support;
+mod workers;
 mod workflows;

@@ -5,7 +5,10 @@ use super::Names;
 use crate::error::StoreError;
 
 /// Every migration, in order; the number of each is its position plus one.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+    include_str!("../../migrations/postgres/0002_workers.sql"),
+];
 
 const LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -12,6 +12,7 @@
 mod actions;
 mod claims;
 mod db;
+mod dependencies;
 mod errors;
 mod job_insert;
 mod job_moves;
@@ -25,6 +26,7 @@ mod rows;
 mod session;
 mod tx;
 mod worker_writes;
+mod workers;
 mod workflows;
 
 use std::collections::BTreeMap;
@@ -316,6 +318,23 @@ impl Store for PostgresStore {
         in_transaction!(self, |tx| actions::job_action(&mut tx, id, action, now))
     }
 
+    async fn job_dependency_add(&self, change: DependencyChange) -> Result<Job, StoreError> {
+        in_transaction!(self, |tx| dependencies::job_dependency_add(
+            &mut tx, &change
+        ))
+    }
+
+    async fn job_dependency_remove(&self, change: DependencyChange) -> Result<Job, StoreError> {
+        in_transaction!(self, |tx| dependencies::job_dependency_remove(
+            &mut tx, &change
+        ))
+    }
+
+    async fn job_dependents(&self, job_id: &str) -> Result<Vec<Job>, StoreError> {
+        let client = self.client().await?;
+        dependencies::job_dependents(Db::Client(&client), job_id).await
+    }
+
     async fn job_delete(&self, id: &str) -> Result<(), StoreError> {
         in_transaction!(self, |tx| job_reads::job_delete(&mut tx, id))
     }
@@ -367,6 +386,15 @@ impl Store for PostgresStore {
         in_transaction!(self, |tx| worker_writes::job_finish(&mut tx, &finish))
     }
 
+    async fn worker_heartbeat(&self, beat: WorkerBeat) -> Result<(), StoreError> {
+        in_transaction!(self, |tx| workers::worker_heartbeat(&mut tx, &beat))
+    }
+
+    async fn worker_list(&self, now: i64) -> Result<Vec<WorkerRecord>, StoreError> {
+        let client = self.client().await?;
+        workers::worker_list(Db::Client(&client), now).await
+    }
+
     /// Runs the pass only in the process that leads maintenance; in the others it does nothing
     /// and returns an empty report.
     async fn maintenance(
@@ -378,7 +406,7 @@ impl Store for PostgresStore {
             tracing::debug!("another process leads maintenance; skipping the pass");
             return Ok(report);
         }
-        // Three transactions instead of one, so that each holds its row locks briefly.
+        // One transaction per pass instead of one for all, so that each holds its locks briefly.
         in_transaction!(self, |tx| maintenance::rescue(
             &mut tx,
             &params,
@@ -394,6 +422,7 @@ impl Store for PostgresStore {
             &params,
             &mut report
         ))?;
+        in_transaction!(self, |tx| workers::forget(&mut tx, &params, &mut report))?;
         Ok(report)
     }
 

@@ -4,6 +4,7 @@
 pub(crate) mod actions;
 pub(crate) mod claims;
 mod connection;
+pub(crate) mod dependencies;
 pub(crate) mod errors;
 mod events;
 pub(crate) mod job_insert;
@@ -15,6 +16,7 @@ mod migrations;
 mod readers;
 pub(crate) mod rows;
 pub(crate) mod worker_writes;
+mod workers;
 mod workflows;
 mod writer;
 
@@ -210,6 +212,25 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn job_dependency_add(&self, change: DependencyChange) -> Result<Job, StoreError> {
+        self.writer
+            .write(move |tx| dependencies::job_dependency_add(tx, &change))
+            .await
+    }
+
+    async fn job_dependency_remove(&self, change: DependencyChange) -> Result<Job, StoreError> {
+        self.writer
+            .write(move |tx| dependencies::job_dependency_remove(tx, &change))
+            .await
+    }
+
+    async fn job_dependents(&self, job_id: &str) -> Result<Vec<Job>, StoreError> {
+        let job_id = job_id.to_owned();
+        self.readers
+            .read(move |conn| dependencies::job_dependents(conn, &job_id))
+            .await
+    }
+
     async fn job_delete(&self, id: &str) -> Result<(), StoreError> {
         let id = id.to_owned();
         self.writer
@@ -290,15 +311,28 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn worker_heartbeat(&self, beat: WorkerBeat) -> Result<(), StoreError> {
+        self.writer
+            .write(move |tx| workers::worker_heartbeat(tx, &beat))
+            .await
+    }
+
+    async fn worker_list(&self, now: i64) -> Result<Vec<WorkerRecord>, StoreError> {
+        self.readers
+            .read(move |conn| workers::worker_list(conn, now))
+            .await
+    }
+
     async fn maintenance(
         &self,
         params: MaintenanceParams,
     ) -> Result<MaintenanceReport, StoreError> {
-        // Three transactions instead of one, so that other writes run between the passes.
+        // One transaction per pass instead of one for all, so that other writes run between them.
         let passes = [
             maintenance::rescue,
             maintenance::promote,
             maintenance::retain,
+            workers::forget,
         ];
         let mut report = MaintenanceReport::default();
         for pass in passes {

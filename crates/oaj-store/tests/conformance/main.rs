@@ -7,6 +7,7 @@ mod actions;
 mod approvals;
 mod claims;
 mod dependencies;
+mod dependency_changes;
 mod durability;
 mod events;
 mod idempotency;
@@ -16,6 +17,7 @@ mod leases;
 mod maintenance;
 mod postgres_only;
 mod sqlite_open;
+mod workers;
 mod workflows;
 
 /// Runs each named test of the enclosing module's parent against every store implementation.
