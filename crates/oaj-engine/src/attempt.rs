@@ -58,7 +58,7 @@ pub(crate) struct AttemptPlan {
     pub(crate) job_cancel: CancellationToken,
 }
 
-/// How an attempt left its step run.
+/// The state an attempt leaves its step run in.
 #[derive(Debug)]
 pub(crate) enum AttemptOutcome {
     Completed(Value),
@@ -73,7 +73,7 @@ pub(crate) enum AttemptOutcome {
     StoreFailed(StoreError),
 }
 
-/// What the agent call came to, before the retry decision.
+/// The result of an agent call, before the retry decision.
 enum CallResult {
     Output(AgentOutput),
     Error(AgentError),
@@ -170,8 +170,8 @@ async fn call_agent(shared: &Shared, plan: &AttemptPlan) -> CallResult {
         cancel: cancel.clone(),
     };
     let agent = plan.agent.clone();
-    // The call runs in a task of its own, so that an agent that panics fails its attempt
-    // instead of the job runner; the guard aborts the task if the attempt is abandoned.
+    // The call runs in a task of its own, so that an agent that panics fails its attempt and not
+    // the job runner. The guard aborts the task if the attempt is abandoned.
     let task = AbortOnDrop(tokio::spawn(async move { agent.call(call).await }));
     let call_future = join_call(task, plan.agent_name.clone());
     tokio::pin!(call_future);
@@ -259,7 +259,7 @@ fn idempotency_key(plan: &AttemptPlan) -> String {
     )
 }
 
-/// Builds the record of an attempt's end at `now`; `random` in `[0, 1)` draws the retry jitter.
+/// Builds the record of an attempt's end at `now`. `random`, in `[0, 1)`, draws the retry jitter.
 fn attempt_finish(
     plan: &AttemptPlan,
     attempt_id: i64,

@@ -43,7 +43,7 @@ pub(crate) struct Shared {
     held: Mutex<HashMap<String, Held>>,
 }
 
-/// A job this engine holds: its lease and the channel that tells its runner what to do.
+/// A job held by this engine: its lease, and the channel that signals its runner.
 struct Held {
     lease: Lease,
     signal: watch::Sender<Signal>,

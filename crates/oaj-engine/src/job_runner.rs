@@ -22,8 +22,8 @@ use crate::attempt::{attempt_run, AttemptOutcome, AttemptPlan};
 use crate::engine::Shared;
 use crate::loaded_workflow::{LoadedWorkflow, StepAction};
 
-/// What the engine asks of a running job, set by the heartbeat, by the end of an attempt and by
-/// shutdown.
+/// A request from the engine to a running job, set by the heartbeat, by the end of an attempt and
+/// by shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
     Run,
@@ -42,7 +42,7 @@ impl From<oaj_store::Control> for Signal {
     }
 }
 
-/// Why the job runner stopped before it could write an outcome.
+/// The reason the job runner stopped before it could write an outcome.
 #[derive(Debug)]
 enum Stop {
     LeaseLost,
@@ -230,7 +230,7 @@ impl JobRunner {
                 return self.stop_all(JobOutcome::Failed(error)).await;
             }
             if self.tasks.is_empty() {
-                if let Some(outcome) = self.outcome_when_idle(signal, now)? {
+                if let Some(outcome) = self.outcome_when_idle(signal)? {
                     return Ok(outcome);
                 }
             }
@@ -240,7 +240,7 @@ impl JobRunner {
     }
 
     /// Decides how the job ends when no attempt is running, or `None` when timers are pending.
-    fn outcome_when_idle(&mut self, signal: Signal, now: i64) -> Result<Option<JobOutcome>, Stop> {
+    fn outcome_when_idle(&mut self, signal: Signal) -> Result<Option<JobOutcome>, Stop> {
         // A job whose last step ended while a pause or shutdown was pending is done: completing
         // it beats handing it back with nothing left to run.
         if self.steps.iter().all(|step| step.slot.is_final()) {
@@ -270,9 +270,8 @@ impl JobRunner {
             let deadline = deadlines.into_iter().flatten().min();
             return Ok(Some(JobOutcome::Parked { deadline }));
         }
-        // Every step that is not final waits on one that is not final either, which validation
-        // rules out (no cycles); fail the job instead of spinning.
-        let _ = now;
+        // Here every step that is not final waits on another that is not final. Validation rules
+        // out such cycles, so this is a bug: fail the job instead of spinning.
         Ok(Some(JobOutcome::Failed(
             "no step can run: the remaining steps wait on each other".to_owned(),
         )))
