@@ -11,7 +11,7 @@ use oaj_core::RetryPolicy;
 
 use crate::agent::{agent_from_spec, Agent, AgentRegistry};
 
-/// What runs a step.
+/// The action that runs a step.
 #[derive(Clone)]
 pub(crate) enum StepAction {
     /// Call an agent.

@@ -26,7 +26,7 @@ pub struct JobSubmit {
     pub metadata: Value,
     /// Jobs that must complete first.
     pub depends_on: Vec<JobRef>,
-    /// What a failed dependency does.
+    /// The effect of a failed dependency.
     pub on_dependency_failure: DependencyFailure,
     /// Earliest start, in milliseconds since the Unix epoch.
     pub run_at: Option<i64>,
@@ -36,7 +36,7 @@ pub struct JobSubmit {
     pub idempotency_key: Option<String>,
 }
 
-/// Why a workflow or job was not accepted.
+/// The reasons a workflow or job is not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     /// The workflow document has problems.

@@ -26,7 +26,7 @@ pub struct JobsCommand {
     pub json: bool,
 }
 
-/// What to do with jobs.
+/// The actions on jobs.
 #[derive(Debug, Subcommand)]
 pub enum JobsAction {
     /// List jobs, newest first.

@@ -44,7 +44,7 @@ pub struct RunArgs {
     pub worker: WorkerArgs,
 }
 
-/// What Ctrl-C does to the job of `oaj run`.
+/// The action Ctrl-C takes on the job of `oaj run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnInterrupt {
     /// Cancel the job: running attempts are stopped.
