@@ -2,6 +2,8 @@
 # Starts and stops a throwaway PostgreSQL cluster for the tests, from Debian's packages.
 #
 #   scripts/pg-test-cluster.sh start   prints the folder, then the postgres:// URL, one a line
+#   scripts/pg-test-cluster.sh restart DIR stops the server in DIR (fast shutdown), keeps DIR
+#                                         and starts the server again on the same port
 #   scripts/pg-test-cluster.sh stop DIR stops the cluster in DIR and removes DIR
 #
 # The cluster lives in a new temporary folder, listens only on 127.0.0.1 on a free port, trusts
@@ -47,6 +49,15 @@ start() {
         exit 1
     }
     port=$(free_port)
+    # `restart` reads the port back from here.
+    echo "$port" >"$dir/port"
+    server_start "$bin" "$dir" "$port"
+    echo "$dir"
+    echo "postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+server_start() {
+    local bin=$1 dir=$2 port=$3
     # The socket folder is the cluster folder, so no shared /var/run path is needed.
     as_owner "$bin/pg_ctl" --pgdata="$dir/data" --log="$dir/server.log" --wait \
         --options="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir \
@@ -54,8 +65,21 @@ start() {
         cat "$dir/server.log" >&2
         exit 1
     }
-    echo "$dir"
-    echo "postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+# Stops the server with a fast shutdown, which ends every session, and starts it again on the
+# port that `start` chose. The data folder stays, so committed rows survive.
+restart() {
+    local dir=${1:?usage: pg-test-cluster.sh restart DIR}
+    local bin
+    bin=$(bin_dir)
+    if [[ ! -f "$dir/port" ]]; then
+        echo "pg-test-cluster: $dir/port not found: DIR must be a folder that" \
+            "'pg-test-cluster.sh start' printed" >&2
+        exit 1
+    fi
+    as_owner "$bin/pg_ctl" --pgdata="$dir/data" --wait --mode=fast stop >/dev/null
+    server_start "$bin" "$dir" "$(cat "$dir/port")"
 }
 
 stop() {
@@ -76,9 +100,10 @@ stop() {
 
 case "${1:-}" in
     start) start ;;
+    restart) restart "${2:-}" ;;
     stop) stop "${2:-}" ;;
     *)
-        echo "usage: pg-test-cluster.sh start | stop DIR" >&2
+        echo "usage: pg-test-cluster.sh start | restart DIR | stop DIR" >&2
         exit 2
         ;;
 esac

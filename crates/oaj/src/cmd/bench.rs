@@ -30,7 +30,7 @@ pub struct BenchCommand {
 /// The workloads `oaj bench` can run.
 #[derive(Debug, Subcommand)]
 pub enum Workload {
-    /// Enqueue single-step noop jobs, then time one worker draining them all (jobs per second).
+    /// Enqueue single-step noop jobs, then time the workers draining them all (jobs per second).
     Drain(DrainArgs),
     /// Time inserting jobs in batches and one at a time, with no worker running.
     Enqueue(EnqueueArgs),
@@ -47,6 +47,10 @@ pub struct DrainArgs {
     /// Jobs to enqueue before the worker starts.
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: u32,
+    /// Engines to run at once, each with its own store connections like a separate `oaj worker`
+    /// process, but all in this process. More than 1 needs `--database`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
     #[command(flatten)]
     pub db: BenchDb,
     #[command(flatten)]
@@ -75,6 +79,10 @@ pub struct LatencyArgs {
     /// Jobs to submit, each after the previous one has completed.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: u32,
+    /// Engines to run at once, each with its own store connections like a separate `oaj worker`
+    /// process, but all in this process. More than 1 needs `--database`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
     #[command(flatten)]
     pub db: BenchDb,
     #[command(flatten)]

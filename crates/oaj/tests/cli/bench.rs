@@ -81,3 +81,51 @@ fn existing_database_is_rejected() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("already exists"), "{stderr}");
 }
+
+#[test]
+fn drain_on_postgres_with_workers() {
+    let Some(url) = crate::fleet::database_url() else {
+        return;
+    };
+    let report = bench(&[
+        "drain",
+        "--jobs",
+        "40",
+        "--database",
+        &url,
+        "--workers",
+        "3",
+    ]);
+    assert_eq!(report["settings"]["workers"], 3);
+    assert_eq!(report["results"]["jobs_completed"], 40);
+    assert_eq!(report["results"]["jobs_checked_once"], 40);
+}
+
+#[test]
+fn latency_on_postgres_with_workers() {
+    let Some(url) = crate::fleet::database_url() else {
+        return;
+    };
+    let report = bench(&[
+        "latency",
+        "--jobs",
+        "3",
+        "--database",
+        &url,
+        "--workers",
+        "2",
+    ]);
+    assert_eq!(report["results"]["jobs_completed"], 3);
+    assert!(report["results"]["start_median_ms"].is_number());
+}
+
+#[test]
+fn workers_without_postgres_rejected() {
+    let output = oaj(&["bench", "drain", "--jobs", "1", "--workers", "2"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("needs --database"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

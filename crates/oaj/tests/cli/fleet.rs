@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Once};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oaj_core::{JobState, SystemClock};
@@ -35,7 +35,12 @@ const WORKER_JOBS_MAX: &str = "16";
 /// Maximum chaos duration. The chaos stops earlier once every job is final.
 const CHAOS_MAX: Duration = Duration::from_secs(15);
 /// Steps of the fleet workflow, each of which succeeds exactly once per job.
-const STEP_IDS: [&str; 4] = ["start", "copy", "flaky", "finish"];
+pub(crate) const STEP_IDS: [&str; 4] = ["start", "copy", "flaky", "finish"];
+
+/// Serialises the tests that run worker processes on PostgreSQL. Each one spawns several workers
+/// with one-second leases, and on a small machine two such tests at once starve each other until
+/// the final drain times out.
+pub(crate) static WORKER_PROCESS_TESTS: Mutex<()> = Mutex::new(());
 
 /// Four steps in a chain. `flaky` fails its first attempt and succeeds on its retry 50 ms later,
 /// so that retries also cross worker deaths.
@@ -62,10 +67,14 @@ fn fleet_survives_sigkill_chaos() {
     let Some(url) = database_url() else {
         return;
     };
+    // A failed test poisons the lock, and the other test may still run after it.
+    let _serial = WORKER_PROCESS_TESTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let schema = schema_new();
-    let (store, ids) = runtime.block_on(jobs_submit(&url, &schema));
+    let (store, ids) = runtime.block_on(jobs_submit(&url, &schema, JOB_COUNT));
     let worker_url = url_with_schema(&url, &schema);
     let logs = tempfile::tempdir().expect("temp dir");
 
@@ -150,7 +159,7 @@ fn fleet_survives_sigkill_chaos() {
 }
 
 /// Returns the test server's URL, or `None` (after a notice) when none is set outside CI.
-fn database_url() -> Option<String> {
+pub(crate) fn database_url() -> Option<String> {
     match std::env::var(DATABASE_URL_VAR) {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => panic!(
@@ -174,7 +183,7 @@ fn database_url() -> Option<String> {
 }
 
 /// Returns a schema name that no other test uses.
-fn schema_new() -> String {
+pub(crate) fn schema_new() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("the clock is after 1970")
@@ -186,14 +195,18 @@ fn schema_new() -> String {
 /// `schema` (the store uses the first schema on the search path), and `synchronous_commit=off`.
 /// The latter only lets a server crash lose the last commits, and this test kills workers, not
 /// the server, so it keeps every assertion meaningful while commits skip the wait for fsync.
-fn url_with_schema(url: &str, schema: &str) -> String {
+pub(crate) fn url_with_schema(url: &str, schema: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}options=-c%20search_path%3D{schema}%20-c%20synchronous_commit%3Doff")
 }
 
-/// Creates `schema` with the store's tables, registers the workflow and submits the jobs.
+/// Creates `schema` with the store's tables, registers the workflow and submits `count` jobs.
 /// Returns the store and the ids of the jobs.
-async fn jobs_submit(url: &str, schema: &str) -> (Arc<dyn Store>, Vec<String>) {
+pub(crate) async fn jobs_submit(
+    url: &str,
+    schema: &str,
+    count: usize,
+) -> (Arc<dyn Store>, Vec<String>) {
     let options = PostgresOptions {
         schema: Some(schema.to_owned()),
         pool_size: 2,
@@ -213,8 +226,8 @@ async fn jobs_submit(url: &str, schema: &str) -> (Arc<dyn Store>, Vec<String>) {
         .await
         .expect("the fleet workflow is valid");
 
-    let mut ids = Vec::with_capacity(JOB_COUNT);
-    let submits: Vec<JobSubmit> = (0..JOB_COUNT)
+    let mut ids = Vec::with_capacity(count);
+    let submits: Vec<JobSubmit> = (0..count)
         .map(|n| JobSubmit {
             workflow_id: "fleet".to_owned(),
             input: json!({ "n": n }),
@@ -240,7 +253,7 @@ async fn is_all_final(store: &Arc<dyn Store>) -> bool {
 }
 
 /// Reads every job, oldest first, a page at a time.
-async fn jobs_all(store: &Arc<dyn Store>) -> Vec<Job> {
+pub(crate) async fn jobs_all(store: &Arc<dyn Store>) -> Vec<Job> {
     let mut jobs: Vec<Job> = Vec::new();
     loop {
         let query = JobQuery {
@@ -260,7 +273,9 @@ async fn jobs_all(store: &Arc<dyn Store>) -> Vec<Job> {
 }
 
 /// Counts the `attempt.succeeded` events of each (job, step, item).
-async fn successes_count(store: &Arc<dyn Store>) -> HashMap<(String, String, Option<u32>), usize> {
+pub(crate) async fn successes_count(
+    store: &Arc<dyn Store>,
+) -> HashMap<(String, String, Option<u32>), usize> {
     let mut counts = HashMap::new();
     let mut after_seq = 0;
     loop {
@@ -290,7 +305,7 @@ async fn successes_count(store: &Arc<dyn Store>) -> HashMap<(String, String, Opt
 
 /// The worker processes this test started. Dropping it kills those still running, so that a
 /// failed assertion leaves none behind.
-struct Fleet<'a> {
+pub(crate) struct Fleet<'a> {
     url: String,
     logs: &'a Path,
     workers: Vec<Child>,
@@ -300,7 +315,7 @@ struct Fleet<'a> {
 }
 
 impl<'a> Fleet<'a> {
-    fn new(url: &str, logs: &'a Path) -> Fleet<'a> {
+    pub(crate) fn new(url: &str, logs: &'a Path) -> Fleet<'a> {
         Fleet {
             url: url.to_owned(),
             logs,
@@ -311,7 +326,7 @@ impl<'a> Fleet<'a> {
     }
 
     /// Builds `oaj worker --database URL --lease-seconds 1 EXTRA`.
-    fn command(&self, extra: &[&str]) -> Command {
+    pub(crate) fn command(&self, extra: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_oaj"));
         command
             .args(["worker", "--database", &self.url, "--lease-seconds", "1"])
@@ -323,7 +338,7 @@ impl<'a> Fleet<'a> {
 
     /// Starts a worker that logs to a file of its own, because an unread pipe could fill and
     /// stall it.
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         self.started += 1;
         let log = File::create(self.logs.join(format!("worker-{}.log", self.started)))
             .expect("the log file is writable");
@@ -350,7 +365,26 @@ impl<'a> Fleet<'a> {
         self.kills += 1;
     }
 
-    fn kill_all(&mut self) {
+    /// Returns the exit status of each worker that has exited, with its position in the fleet
+    /// counted from 1. The position is the log number of [`Fleet::log`] until a worker is killed.
+    pub(crate) fn exits(&mut self) -> Vec<(usize, ExitStatus)> {
+        let mut exits = Vec::new();
+        for (index, child) in self.workers.iter_mut().enumerate() {
+            let status = child.try_wait().expect("the worker's status is readable");
+            if let Some(status) = status {
+                exits.push((index + 1, status));
+            }
+        }
+        exits
+    }
+
+    /// Returns the log of the worker that started `number`th, counting from 1.
+    pub(crate) fn log(&self, number: usize) -> String {
+        let path = self.logs.join(format!("worker-{number}.log"));
+        std::fs::read_to_string(&path).unwrap_or_else(|err| format!("{}: {err}", path.display()))
+    }
+
+    pub(crate) fn kill_all(&mut self) {
         while !self.workers.is_empty() {
             self.kill_one(0);
         }

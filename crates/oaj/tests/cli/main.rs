@@ -9,6 +9,7 @@ mod database;
 mod examples;
 mod fleet;
 mod jobs;
+mod pg_restart;
 mod recovery;
 mod run;
 mod server;

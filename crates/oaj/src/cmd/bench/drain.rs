@@ -1,4 +1,4 @@
-//! `oaj bench drain`: how fast one worker empties a queue of single-step noop jobs.
+//! `oaj bench drain`: how fast one or more workers empty a queue of single-step noop jobs.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use oaj_core::JobState;
 use oaj_store::{AttemptState, EventFilter, Store};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::report::Report;
@@ -23,14 +24,16 @@ const EVENT_PAGE: u32 = 1_000;
 
 /// Fills the queue, times the drain, and checks every job completed with exactly one attempt.
 pub async fn run(args: DrainArgs) -> anyhow::Result<Report> {
-    let bench = args.db.open()?;
+    let bench = args.db.open().await?;
     let mut config = args.worker.config();
     config.exit_when_idle = true;
-    let engine = bench.engine(config);
+    let engines = bench.engines(config, args.workers).await?;
+    let engine = engines[0].clone();
     let mut report = Report::new("drain");
-    bench.describe(&mut report, args.db.db.is_some()).await?;
+    bench.describe(&mut report, args.db.is_kept()).await?;
     describe_worker(&mut report, &args.worker);
     report.setting("jobs", args.jobs);
+    report.setting("workers", args.workers);
 
     let submit = noop_workflow(&engine, 1).await?;
     let total = args.jobs as usize;
@@ -42,7 +45,13 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<Report> {
     }
 
     let started = Instant::now();
-    engine.run(CancellationToken::new()).await;
+    let mut runs = JoinSet::new();
+    for engine in engines {
+        runs.spawn(async move { engine.run(CancellationToken::new()).await });
+    }
+    while let Some(run) = runs.join_next().await {
+        run.context("a worker task panicked")?;
+    }
     let seconds = started.elapsed().as_secs_f64();
     report.measure("seconds", seconds);
     report.measure("jobs_per_second", total as f64 / seconds);

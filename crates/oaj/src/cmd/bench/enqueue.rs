@@ -11,11 +11,11 @@ use super::EnqueueArgs;
 
 /// Inserts jobs with no worker running and checks that all of them are queued.
 pub async fn run(args: EnqueueArgs) -> anyhow::Result<Report> {
-    let bench = args.db.open()?;
+    let bench = args.db.open().await?;
     // No worker runs, so the default settings are enough to build the engine.
     let engine = bench.engine(oaj_engine::EngineConfig::default());
     let mut report = Report::new("enqueue");
-    bench.describe(&mut report, args.db.db.is_some()).await?;
+    bench.describe(&mut report, args.db.is_kept()).await?;
     report.setting("jobs", args.jobs);
     report.setting("batch_size", args.batch_size);
     report.setting("single_jobs", args.single_jobs);

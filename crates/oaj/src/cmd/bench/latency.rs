@@ -1,9 +1,10 @@
-//! `oaj bench latency`: the time from submitting a job to its first attempt starting, on a worker
+//! `oaj bench latency`: the time from submitting a job to its first attempt starting, on workers
 //! with nothing else to do.
 
 use std::time::Instant;
 
 use anyhow::Context;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::report::{quantile, Report};
@@ -16,20 +17,22 @@ use super::LatencyArgs;
 /// committed (`submit`), until a worker claimed the job (`claim`), and until the first attempt
 /// was recorded as started (`start`). The next job is submitted once the previous one completed.
 pub async fn run(args: LatencyArgs) -> anyhow::Result<Report> {
-    let bench = args.db.open()?;
-    let engine = bench.engine(args.worker.config());
+    let bench = args.db.open().await?;
+    let engines = bench.engines(args.worker.config(), args.workers).await?;
+    let engine = engines[0].clone();
     let mut report = Report::new("latency");
-    bench.describe(&mut report, args.db.db.is_some()).await?;
+    bench.describe(&mut report, args.db.is_kept()).await?;
     describe_worker(&mut report, &args.worker);
     report.setting("jobs", args.jobs);
+    report.setting("workers", args.workers);
     let submit = noop_workflow(&engine, 1).await?;
 
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn({
-        let engine = engine.clone();
+    let mut workers = JoinSet::new();
+    for engine in engines {
         let shutdown = shutdown.clone();
-        async move { engine.run(shutdown).await }
-    });
+        workers.spawn(async move { engine.run(shutdown).await });
+    }
     let mut events = engine.store().event_subscribe();
     let (mut submitted, mut claimed, mut started) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.jobs {
@@ -43,7 +46,9 @@ pub async fn run(args: LatencyArgs) -> anyhow::Result<Report> {
         event_wait(&mut events, &id, |kind| kind == "job.completed").await?;
     }
     shutdown.cancel();
-    worker.await.context("the worker task panicked")?;
+    while let Some(worker) = workers.join_next().await {
+        worker.context("a worker task panicked")?;
+    }
 
     spread(
         &mut report,

@@ -13,10 +13,10 @@ use super::SequentialArgs;
 /// Runs one job at a time through a chain of `args.steps` noop steps. The time from submit to
 /// the `job.completed` event, divided by the steps, is the overhead of one step.
 pub async fn run(args: SequentialArgs) -> anyhow::Result<Report> {
-    let bench = args.db.open()?;
+    let bench = args.db.open().await?;
     let engine = bench.engine(args.worker.config());
     let mut report = Report::new("sequential");
-    bench.describe(&mut report, args.db.db.is_some()).await?;
+    bench.describe(&mut report, args.db.is_kept()).await?;
     describe_worker(&mut report, &args.worker);
     report.setting("steps", args.steps);
     report.setting("jobs", args.jobs);

@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use oaj_engine::{Engine, EngineConfig, JobSubmit};
-use oaj_store::{Event, SqliteStore, Store};
+use oaj_store::{Event, PostgresOptions, PostgresStore, SqliteStore, Store};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::sync::broadcast;
@@ -20,22 +21,42 @@ use crate::cmd::common::{self, WorkerArgs};
 pub struct BenchDb {
     /// SQLite file to create for the run; it must not exist yet and is kept afterwards. Default:
     /// a file in a new temporary folder, deleted at the end.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "database")]
     pub db: Option<PathBuf>,
+    /// PostgreSQL database to run on instead of SQLite. The run creates a new schema there,
+    /// named in the report, and keeps it afterwards.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
 }
 
 /// A store over a database that holds only this run's jobs.
 pub struct BenchStore {
     /// The open store.
-    pub store: Arc<SqliteStore>,
-    path: PathBuf,
+    pub store: Arc<dyn Store>,
+    backend: Backend,
     // Deletes the temporary folder, and the database in it, when the run ends.
     _folder: Option<TempDir>,
 }
 
+/// The database behind a [`BenchStore`], for its settings and for more connections.
+enum Backend {
+    Sqlite {
+        store: Arc<SqliteStore>,
+        path: PathBuf,
+    },
+    Postgres {
+        url: String,
+        schema: String,
+    },
+}
+
 impl BenchDb {
-    /// Creates the database, so that counts after the run cover this run's jobs only.
-    pub fn open(&self) -> anyhow::Result<BenchStore> {
+    /// Creates the database (a new SQLite file or PostgreSQL schema), so that counts after the
+    /// run cover this run's jobs only.
+    pub async fn open(&self) -> anyhow::Result<BenchStore> {
+        if let Some(url) = &self.database {
+            return postgres_open(url).await;
+        }
         let (path, folder) = match &self.db {
             Some(path) if path.exists() => bail!(
                 "database {} already exists: a benchmark needs a new file, so pass a path that \
@@ -48,27 +69,70 @@ impl BenchDb {
                 (folder.path().join("bench.db"), Some(folder))
             }
         };
-        let store = SqliteStore::open(&path)?;
+        let store = Arc::new(SqliteStore::open(&path)?);
         Ok(BenchStore {
-            store: Arc::new(store),
-            path,
+            store: store.clone(),
+            backend: Backend::Sqlite { store, path },
             _folder: folder,
         })
     }
+
+    /// Returns whether the database outlives the run.
+    pub fn is_kept(&self) -> bool {
+        self.db.is_some() || self.database.is_some()
+    }
+}
+
+/// Opens a store in a new schema of the database at `url`.
+async fn postgres_open(url: &str) -> anyhow::Result<BenchStore> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_nanos();
+    let schema = format!("oaj_bench_{}_{nanos}", std::process::id());
+    let store = postgres_connect(url, &schema).await?;
+    Ok(BenchStore {
+        store,
+        backend: Backend::Postgres {
+            url: url.to_owned(),
+            schema,
+        },
+        _folder: None,
+    })
+}
+
+async fn postgres_connect(url: &str, schema: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let options = PostgresOptions {
+        schema: Some(schema.to_owned()),
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with(url, options)
+        .await
+        .context("cannot open the PostgreSQL store given by --database")?;
+    Ok(Arc::new(store))
 }
 
 impl BenchStore {
     /// Adds the settings every workload states: database, durability and build.
     pub async fn describe(&self, report: &mut Report, kept: bool) -> anyhow::Result<()> {
-        let durability = self
-            .store
-            .durability()
-            .await
-            .context("cannot read the durability settings")?;
-        let place = if kept { "" } else { " (temporary)" };
-        report.setting("database", format!("{}{place}", self.path.display()));
-        report.setting("journal_mode", durability.journal_mode);
-        report.setting("synchronous", durability.synchronous);
+        match &self.backend {
+            Backend::Sqlite { store, path } => {
+                let durability = store
+                    .durability()
+                    .await
+                    .context("cannot read the durability settings")?;
+                let place = if kept { "" } else { " (temporary)" };
+                report.setting("database", format!("{}{place}", path.display()));
+                report.setting("journal_mode", durability.journal_mode);
+                report.setting("synchronous", durability.synchronous);
+            }
+            Backend::Postgres { schema, .. } => {
+                // TODO(bench): read fsync and synchronous_commit back from the server, as the
+                // SQLite run does. Until then the report does not prove the durability settings.
+                report.setting("database", "postgresql");
+                report.setting("schema", schema.clone());
+            }
+        }
         let build = if cfg!(debug_assertions) {
             "debug"
         } else {
@@ -80,8 +144,28 @@ impl BenchStore {
 
     /// Builds an engine over the store with the built-in agents.
     pub fn engine(&self, config: EngineConfig) -> Engine {
-        let store: Arc<dyn Store> = self.store.clone();
-        common::engine(store, config)
+        common::engine(self.store.clone(), config)
+    }
+
+    /// Builds `count` engines, the first over this store and each other one over a store with
+    /// connections of its own, as `count` workers would have. Only PostgreSQL takes more than
+    /// one, because a SQLite file serves one process.
+    pub async fn engines(&self, config: EngineConfig, count: u32) -> anyhow::Result<Vec<Engine>> {
+        let mut engines = vec![self.engine(config.clone())];
+        if count <= 1 {
+            return Ok(engines);
+        }
+        let Backend::Postgres { url, schema } = &self.backend else {
+            bail!(
+                "--workers {count} needs --database URL, because a SQLite benchmark runs one \
+                 worker: pass --database or --workers 1"
+            );
+        };
+        for _ in 1..count {
+            let store = postgres_connect(url, schema).await?;
+            engines.push(common::engine(store, config.clone()));
+        }
+        Ok(engines)
     }
 }
 
