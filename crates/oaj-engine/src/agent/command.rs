@@ -457,6 +457,8 @@ mod tests {
         }
     }
 
+    /// Writes a shell script. Tests run it as `/bin/sh SCRIPT`, not directly: executing a file
+    /// just written fails now and then with "text file busy" while another test thread forks.
     fn script_write(dir: &Path, name: &str, body: &str) -> PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write the script");
@@ -730,6 +732,7 @@ mod tests {
         let script = script_write(dir.path(), "leave.sh", body);
         let pid_path = dir.path().join("pid");
         let script_arg = [
+            "/bin/sh",
             script.to_str().expect("UTF-8 path"),
             pid_path.to_str().expect("UTF-8"),
         ];
@@ -749,6 +752,7 @@ mod tests {
         let script = script_write(dir.path(), "wait.sh", body);
         let pid_path = dir.path().join("grandchild.pid");
         let script_arg = [
+            "/bin/sh",
             script.to_str().expect("UTF-8 path"),
             pid_path.to_str().expect("UTF-8"),
         ];
@@ -786,6 +790,7 @@ mod tests {
         let script = script_write(dir.path(), "polite.sh", body);
         let pid_path = dir.path().join("child.pid");
         let script_arg = [
+            "/bin/sh",
             script.to_str().expect("UTF-8 path"),
             pid_path.to_str().expect("UTF-8"),
         ];
@@ -814,6 +819,7 @@ mod tests {
         let script = script_write(dir.path(), "stubborn.sh", body);
         let pid_path = dir.path().join("child.pid");
         let script_arg = [
+            "/bin/sh",
             script.to_str().expect("UTF-8 path"),
             pid_path.to_str().expect("UTF-8"),
         ];
@@ -843,6 +849,7 @@ mod tests {
         let script = script_write(dir.path(), "dropped.sh", body);
         let pid_path = dir.path().join("grandchild.pid");
         let script_arg = [
+            "/bin/sh",
             script.to_str().expect("UTF-8 path"),
             pid_path.to_str().expect("UTF-8"),
         ];
