@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// How urgent a job is. Higher priorities are claimed first; FIFO inside one priority.
+/// The urgency of a job. Higher priorities are claimed first, FIFO inside one priority.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]

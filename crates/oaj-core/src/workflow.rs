@@ -26,7 +26,7 @@ pub struct Workflow {
     /// Parameters a job must or may give, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, Parameter>,
-    /// Values the job returns, by name; each parameter's `value` says where it comes from.
+    /// Values the job returns, by name. Each parameter's `value` gives its source.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outputs: BTreeMap<String, Parameter>,
     /// The steps, in document order.
@@ -55,14 +55,14 @@ pub struct Parameter {
     /// Expected JSON type; `any` when absent.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<ParameterType>,
-    /// What the value means.
+    /// The meaning of the value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Value used when the job gives none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<Value>,
     /// Whether a job must give a value. Parameters without a default are required unless this
-    /// says `false`.
+    /// is `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub required: Option<bool>,
     /// The only values allowed.
@@ -128,7 +128,7 @@ pub struct Step {
     /// Declared outputs, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outputs: BTreeMap<String, Value>,
-    /// How failed attempts are retried.
+    /// The retry policy for failed attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
     /// Limit for one attempt, in seconds.
@@ -140,7 +140,7 @@ pub struct Step {
     /// Fan-out: run one step run per item of this array, then gather the outputs in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<ForEach>,
-    /// What a failure of this step does to the job.
+    /// The effect of this step's failure on the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<OnFailure>,
     /// Limit on how many attempts sharing a key run at once.
@@ -184,7 +184,7 @@ pub enum ForEach {
     Options {
         /// A `${ ... }` reference or CEL expression that yields an array.
         items: String,
-        /// Most items that run at once; unlimited when absent.
+        /// Maximum items that run at once. Unlimited when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         concurrency: Option<u32>,
     },
@@ -207,7 +207,7 @@ impl ForEach {
     }
 }
 
-/// What a step's final failure does to its job.
+/// The effect of a step's final failure on its job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
@@ -256,7 +256,7 @@ pub struct Connection {
 /// Descriptive metadata of a workflow.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
-    /// Who wrote the workflow.
+    /// The workflow's author.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
     /// Labels used to find the workflow.
@@ -342,7 +342,7 @@ pub struct LlmSpec {
     pub base_url: String,
     /// Model name sent with each request.
     pub model: String,
-    /// Name of the environment variable that holds the API key, if the endpoint needs one.
+    /// Name of the environment variable that contains the API key, if the endpoint needs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
     /// Sampling temperature.

@@ -18,7 +18,7 @@ pub struct ApiError {
     pub status: StatusCode,
     /// Stable code, such as `job_not_found` or `body_invalid`.
     pub code: &'static str,
-    /// What went wrong and what to do, for a human.
+    /// The human-readable message: what went wrong and what to do.
     pub message: String,
     /// JSON pointer into the request to the value at fault, when one is known.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,8 +155,8 @@ impl From<JsonRejection> for ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "content_type_invalid",
             _ => "body_invalid",
         };
-        // Both syntax and shape errors are the caller's, so they share 400; axum would answer
-        // 422 for a shape error, which this API keeps for well-formed but invalid documents.
+        // Both syntax and shape errors are the caller's, so they share 400. Axum returns 422 for
+        // a shape error, but this API keeps 422 for well-formed documents that fail validation.
         let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
             StatusCode::BAD_REQUEST
         } else {

@@ -1,6 +1,6 @@
 //! Errors returned by store operations.
 
-/// Why a store operation failed.
+/// The reasons a store operation fails.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The worker's lease on the job was taken by another worker or expired, so the write was
@@ -60,7 +60,7 @@ pub enum StoreError {
     IdempotencyKeyReused {
         /// The key.
         key: String,
-        /// The job that holds it.
+        /// The job that has it.
         job_id: String,
     },
     /// The operation does not apply to a job in its current state.

@@ -43,7 +43,7 @@ pub enum JobRef {
     Index(usize),
 }
 
-/// What a job does when one of its dependencies fails or is cancelled.
+/// The effect on a job when one of its dependencies fails or is cancelled.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -72,7 +72,7 @@ pub struct JobNew {
     pub metadata: Value,
     /// Jobs that must complete first.
     pub depends_on: Vec<JobRef>,
-    /// What a failed dependency does to this job.
+    /// The effect of a failed dependency on this job.
     pub on_dependency_failure: DependencyFailure,
     /// Earliest start; `None` for now.
     pub run_at: Option<i64>,
@@ -104,7 +104,7 @@ pub struct Job {
     pub input: Value,
     /// Output of a completed job.
     pub result: Option<Value>,
-    /// Why the job failed or was cancelled.
+    /// The reason the job failed or was cancelled.
     pub error: Option<String>,
     /// Labels.
     pub tags: Vec<String>,
@@ -114,7 +114,7 @@ pub struct Job {
     pub batch_id: Option<String>,
     /// Jobs this job depends on.
     pub depends_on: Vec<String>,
-    /// What a failed dependency does to this job.
+    /// The effect of a failed dependency on this job.
     pub on_dependency_failure: DependencyFailure,
     /// Earliest start, or the approval deadline of a parked job.
     pub run_at: Option<i64>,
@@ -160,9 +160,9 @@ pub enum Control {
 /// A user action on a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobAction {
-    /// Cancel: immediate when no worker holds the job, otherwise requested from the worker.
+    /// Cancel: immediate when no worker has the job, otherwise requested from its worker.
     Cancel,
-    /// Pause: immediate when no worker holds the job, otherwise requested from the worker.
+    /// Pause: immediate when no worker has the job, otherwise requested from its worker.
     Pause,
     /// Resume a paused job.
     Resume,
@@ -262,7 +262,7 @@ pub struct StepRun {
     pub interruptions: u32,
     /// Output of a completed run; for a fan-out step, the gathered array.
     pub output: Option<Value>,
-    /// Why it failed or was skipped.
+    /// The reason it failed or was skipped.
     pub error: Option<String>,
     /// For a fan-out step: how many items it has.
     pub items_total: Option<u32>,
@@ -280,7 +280,7 @@ pub struct StepRun {
 pub struct ApprovalDecision {
     /// `true` for approve, `false` for reject.
     pub approved: bool,
-    /// Who decided, as given by the caller.
+    /// The person who decided, as given by the caller.
     pub by: Option<String>,
     /// Free-text reason.
     pub comment: Option<String>,
@@ -288,12 +288,12 @@ pub struct ApprovalDecision {
     pub at: i64,
 }
 
-/// How an attempt ended.
+/// The end state of an attempt.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptState {
-    /// Still running (or its worker died and nobody has noticed yet).
+    /// Still running, or its worker died and maintenance has not rescued the job yet.
     Running,
     /// Ended with an output.
     Succeeded,
@@ -357,7 +357,7 @@ pub struct Attempt {
     pub worker_id: String,
     /// Lease token it ran under.
     pub lease_token: i64,
-    /// How it ended.
+    /// Its end state.
     pub state: AttemptState,
     /// Error message of a failed attempt.
     pub error: Option<String>,
@@ -379,7 +379,7 @@ pub struct Attempt {
 pub struct Event {
     /// Sequence number, increasing across the whole store.
     pub seq: i64,
-    /// What happened, such as `job.completed` or `attempt.failed`.
+    /// The kind of change, such as `job.completed` or `attempt.failed`.
     pub kind: String,
     /// Job the event belongs to.
     pub job_id: Option<String>,

@@ -64,7 +64,7 @@ pub struct AgentCall {
     pub cancel: CancellationToken,
 }
 
-/// What a successful attempt produced.
+/// The result of a successful attempt.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentOutput {
     /// The step's output.
@@ -84,11 +84,11 @@ pub struct TokenUsage {
     pub completion_tokens: u64,
 }
 
-/// Why an attempt failed.
+/// The failure of an attempt.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct AgentError {
-    /// What went wrong, naming the value at fault.
+    /// The message, naming the value at fault.
     pub message: String,
     /// Whether another attempt could succeed (a 503 could, a 400 could not).
     pub is_retryable: bool,

@@ -33,10 +33,10 @@ pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connect
 
 /// Switches the file to WAL and returns the journal mode it ends in.
 ///
-/// The switch needs an exclusive lock, and SQLite reports a lock held by another connection as
-/// busy at once instead of through the busy handler, so two processes that open a new file at the
-/// same moment would see a spurious busy error. The switch is therefore retried until
-/// `busy_timeout` runs out. A file already in WAL (the mode is stored in the file) needs no lock.
+/// The switch needs an exclusive lock. SQLite reports a lock held by another connection as busy
+/// at once, without calling the busy handler, so two processes that open a new file at the same
+/// moment would get a spurious busy error. The switch is therefore retried until `busy_timeout`
+/// runs out. A file already in WAL (the mode is stored in the file) needs no lock.
 fn journal_mode_wal(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
     let current: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
     if current.eq_ignore_ascii_case("wal") {

@@ -29,7 +29,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub priority: Option<Priority>,
     /// What Ctrl-C does when standard input is not a terminal, and what SIGTERM always does:
-    /// cancel the job, or leave it queued for `oaj worker`. On a terminal, Ctrl-C asks.
+    /// cancel the job, or leave it queued for `oaj worker`. On a terminal, Ctrl-C prompts for the choice.
     #[arg(long, value_enum, default_value_t = OnInterrupt::Cancel)]
     pub on_interrupt: OnInterrupt,
     /// Print the whole job record as JSON on stdout instead of only its output.
