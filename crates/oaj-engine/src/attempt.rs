@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oaj_core::{RetryDecision, RetryPolicy};
-use oaj_store::{AttemptFinish, AttemptStart, AttemptState, Lease, StepState, StoreError};
+use oaj_store::{
+    AttemptFinish, AttemptRecord, AttemptStart, AttemptState, Lease, StepState, StoreError,
+};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, instrument, warn};
@@ -82,14 +84,20 @@ enum CallResult {
 }
 
 #[instrument(skip_all, fields(job_id = %plan.lease.job_id, step_id = %plan.step_id, item = ?plan.item, attempt = plan.number))]
-pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> AttemptOutcome {
+/// Runs one attempt and returns the state it leaves its step run in. An instant attempt also
+/// returns its record, which the caller must write (see [`instant_attempt_run`]); other attempts
+/// are written here.
+pub(crate) async fn attempt_run(
+    shared: Arc<Shared>,
+    plan: AttemptPlan,
+) -> (AttemptOutcome, Option<AttemptRecord>) {
     let key = plan
         .concurrency
         .as_ref()
         .map(|(key, limit)| (key.as_str(), *limit));
     let permits = tokio::select! {
         permits = shared.limits.acquire(&plan.agent_name, key) => permits,
-        _ = plan.job_cancel.cancelled() => return AttemptOutcome::Cancelled,
+        _ = plan.job_cancel.cancelled() => return (AttemptOutcome::Cancelled, None),
     };
     let start = AttemptStart {
         lease: plan.lease.clone(),
@@ -100,11 +108,12 @@ pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> Attem
         now: shared.clock.now_ms(),
     };
     if plan.agent.is_instant() {
-        return instant_attempt_run(&shared, &plan, start, permits).await;
+        let (outcome, record) = instant_attempt_run(&shared, &plan, start, permits).await;
+        return (outcome, Some(record));
     }
     let attempt_id = match shared.store.attempt_start(start).await {
         Ok(id) => id,
-        Err(error) => return store_error(error),
+        Err(error) => return (store_error(error), None),
     };
     debug!("attempt started");
     let result = call_agent(&shared, &plan).await;
@@ -119,7 +128,7 @@ pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> Attem
     );
     drop(permits);
     let outcome = outcome_of(&finish);
-    match shared.store.attempt_finish(finish).await {
+    let outcome = match shared.store.attempt_finish(finish).await {
         Ok(None) => outcome,
         Ok(Some(control)) => {
             // The runner reads this signal before it starts anything else, so a pause or cancel
@@ -129,26 +138,24 @@ pub(crate) async fn attempt_run(shared: Arc<Shared>, plan: AttemptPlan) -> Attem
             outcome
         }
         Err(error) => store_error(error),
-    }
+    };
+    (outcome, None)
 }
 
 /// Runs an attempt of an agent that returns at once and changes nothing outside the engine, and
-/// records its start and end in one write after the call. If the worker dies before that write,
-/// the step runs again, which such an agent makes harmless.
+/// returns its record without writing it. The job runner writes such records together with its
+/// next write, often the end of the job. If the worker dies before that write, the step runs
+/// again, which such an agent makes harmless.
 async fn instant_attempt_run<P>(
     shared: &Shared,
     plan: &AttemptPlan,
     start: AttemptStart,
     permits: P,
-) -> AttemptOutcome {
+) -> (AttemptOutcome, AttemptRecord) {
     let result = call_agent(shared, plan).await;
     drop(permits);
     let finish = attempt_finish(plan, 0, result, shared.clock.now_ms(), rand::random());
-    let outcome = outcome_of(&finish);
-    match shared.store.attempt_record(start, finish).await {
-        Ok(_) => outcome,
-        Err(error) => store_error(error),
-    }
+    (outcome_of(&finish), AttemptRecord { start, finish })
 }
 
 fn store_error(error: StoreError) -> AttemptOutcome {

@@ -232,6 +232,7 @@ async fn fail_unloadable(shared: Arc<Shared>, lease: Lease, message: String) {
     warn!(job_id = %lease.job_id, error = %message, "job's workflow could not be loaded");
     let finish = JobFinish {
         lease,
+        attempts: Vec::new(),
         outcome: JobOutcome::Failed(message),
         now: shared.clock.now_ms(),
     };

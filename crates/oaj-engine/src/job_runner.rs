@@ -2,15 +2,17 @@
 //! approvals, and ends the job when nothing is left to run.
 //!
 //! One task per job owns all of the job's state, so no lock guards it. Attempts run as child
-//! tasks that write their own results and report back through a `JoinSet`.
+//! tasks that report back through a `JoinSet`. Most write their own results. Instant attempts
+//! (built-in agents with no effects outside the engine) hand their records to the runner, which
+//! writes them with its next write, so a job made of instant steps ends in one write.
 
 use std::sync::Arc;
 
 use oaj_core::expression::{condition_eval, expression_eval, value_resolve};
 use oaj_core::workflow::OnFailure;
 use oaj_store::{
-    ApprovalDecision, ClaimedJob, Job, JobFinish, JobOutcome, Lease, StepRun, StepState,
-    StepUpdate, StoreError,
+    ApprovalDecision, AttemptRecord, ClaimedJob, Job, JobFinish, JobOutcome, Lease, StepRun,
+    StepState, StepUpdate, StoreError,
 };
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
@@ -108,7 +110,15 @@ struct StepSlot {
     item_values: Vec<Value>,
 }
 
-type TaskResult = (usize, Option<u32>, AttemptOutcome);
+/// The result of an attempt task, sent back to its job runner.
+struct AttemptDone {
+    step: usize,
+    item: Option<u32>,
+    outcome: AttemptOutcome,
+    /// The record of an instant attempt, for the runner to write.
+    record: Option<AttemptRecord>,
+    instant: bool,
+}
 
 /// Runs one claimed job to an outcome.
 pub(crate) struct JobRunner {
@@ -120,7 +130,11 @@ pub(crate) struct JobRunner {
     scope: Value,
     signal: watch::Receiver<Signal>,
     cancel: CancellationToken,
-    tasks: JoinSet<TaskResult>,
+    tasks: JoinSet<AttemptDone>,
+    /// Attempts running that are not instant, which may take long.
+    slow_running: usize,
+    /// Records of instant attempts not written yet, in the order they ended.
+    records: Vec<AttemptRecord>,
     failure: Option<String>,
     deadline: Option<i64>,
 }
@@ -154,6 +168,8 @@ impl JobRunner {
             signal,
             cancel: CancellationToken::new(),
             tasks: JoinSet::new(),
+            slow_running: 0,
+            records: Vec::new(),
             failure: None,
             deadline,
         }
@@ -178,6 +194,7 @@ impl JobRunner {
         debug!(outcome = ?outcome, "job runner finished");
         let finish = JobFinish {
             lease: self.lease.clone(),
+            attempts: std::mem::take(&mut self.records),
             outcome,
             now: self.shared.clock.now_ms(),
         };
@@ -233,6 +250,12 @@ impl JobRunner {
                 if let Some(outcome) = self.outcome_when_idle(signal)? {
                     return Ok(outcome);
                 }
+            }
+            // Records wait for the next write only while nothing but instant attempts runs.
+            // Before a wait that may be long, they are written now, so that a crash cannot
+            // lose them and a reader sees each step's outcome soon after it ends.
+            if self.tasks.is_empty() || self.slow_running > 0 {
+                self.records_write().await?;
             }
             let wake = self.next_timer(drain_deadline);
             self.wait(wake).await?;
@@ -313,8 +336,8 @@ impl JobRunner {
         };
         tokio::select! {
             Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                let (step, item, outcome) = joined.expect("attempt tasks do not panic");
-                self.absorb(step, item, outcome).await?;
+                let done = self.done_take(joined.expect("attempt tasks do not panic"));
+                self.absorb(done.step, done.item, done.outcome).await?;
             }
             changed = self.signal.changed() => {
                 if changed.is_err() {
@@ -331,14 +354,38 @@ impl JobRunner {
     async fn stop_all(&mut self, outcome: JobOutcome) -> Result<JobOutcome, Stop> {
         self.cancel.cancel();
         while let Some(joined) = self.tasks.join_next().await {
-            let (step, item, result) = joined.expect("attempt tasks do not panic");
-            match result {
+            let done = self.done_take(joined.expect("attempt tasks do not panic"));
+            match done.outcome {
                 AttemptOutcome::LeaseLost => return Err(Stop::LeaseLost),
                 AttemptOutcome::StoreFailed(error) => return Err(Stop::Store(error)),
-                other => self.record(step, item, other),
+                other => self.record(done.step, done.item, other),
             }
         }
         Ok(outcome)
+    }
+
+    /// Keeps the record of an ended attempt, if it brought one, and counts it out.
+    fn done_take(&mut self, mut done: AttemptDone) -> AttemptDone {
+        if !done.instant {
+            self.slow_running -= 1;
+        }
+        self.records.extend(done.record.take());
+        done
+    }
+
+    /// Writes the records of instant attempts kept so far, and passes on the request (pause or
+    /// cancel) that the store returns with them.
+    async fn records_write(&mut self) -> Result<(), Stop> {
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.records);
+        let control = self.shared.store.attempts_record(records).await?;
+        if let Some(control) = control {
+            self.shared
+                .signal_job(&self.lease.job_id, Signal::from(control));
+        }
+        Ok(())
     }
 
     async fn absorb(
@@ -412,7 +459,7 @@ impl JobRunner {
             }
             match self.steps[index].slot.clone() {
                 Slot::Pending if self.needs_final(index) => self.start_step(index).await?,
-                Slot::Retrying(at) if at <= now => self.spawn_attempt(index, None),
+                Slot::Retrying(at) if at <= now => self.spawn_attempt(index, None).await?,
                 Slot::Running if self.steps[index].items.is_some() => {
                     if self.steps[index].item_values.is_empty() {
                         // Restored from a saved fan-out: evaluate the items again from the saved
@@ -448,10 +495,7 @@ impl JobRunner {
             StepAction::Call { .. } if self.loaded.step(index).for_each.is_some() => {
                 self.expand(index).await
             }
-            StepAction::Call { .. } => {
-                self.spawn_attempt(index, None);
-                Ok(())
-            }
+            StepAction::Call { .. } => self.spawn_attempt(index, None).await,
         }
     }
 
@@ -517,7 +561,7 @@ impl JobRunner {
     }
 
     async fn update_step(
-        &self,
+        &mut self,
         index: usize,
         state: StepState,
         output: Option<Value>,
@@ -534,6 +578,7 @@ impl JobRunner {
             items_total,
             now: self.shared.clock.now_ms(),
         };
+        self.records_write().await?;
         self.shared
             .store
             .step_update(update)
@@ -609,7 +654,8 @@ impl JobRunner {
             self.spawn_attempt(
                 index,
                 Some(u32::try_from(item).expect("item count fits in u32")),
-            );
+            )
+            .await?;
         }
         self.gather_if_done(index).await
     }
@@ -635,7 +681,9 @@ impl JobRunner {
         }
     }
 
-    fn spawn_attempt(&mut self, index: usize, item: Option<u32>) {
+    /// Starts an attempt as a child task. Before an attempt that is not instant, the records kept
+    /// so far are written, so that its events follow theirs.
+    async fn spawn_attempt(&mut self, index: usize, item: Option<u32>) -> Result<(), Stop> {
         let scope = match item {
             Some(position) => self.item_scope(index, position),
             None => self.scope.clone(),
@@ -647,13 +695,27 @@ impl JobRunner {
                 if item.is_none() {
                     self.note_failure(index, &message);
                 }
-                return;
+                return Ok(());
             }
         };
+        let instant = plan.agent.is_instant();
+        if !instant {
+            self.records_write().await?;
+            self.slow_running += 1;
+        }
         self.set_slot(index, item, Slot::Running);
         let shared = self.shared.clone();
-        self.tasks
-            .spawn(async move { (index, item, attempt_run(shared, plan).await) });
+        self.tasks.spawn(async move {
+            let (outcome, record) = attempt_run(shared, plan).await;
+            AttemptDone {
+                step: index,
+                item,
+                outcome,
+                record,
+                instant,
+            }
+        });
+        Ok(())
     }
 
     fn set_slot(&mut self, index: usize, item: Option<u32>, slot: Slot) {

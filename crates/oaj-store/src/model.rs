@@ -505,6 +505,16 @@ pub struct AttemptStart {
     pub now: i64,
 }
 
+/// A whole attempt, its start and its end, recorded in one write. `finish.attempt_id` is
+/// ignored: the store assigns the id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    /// The start, whose lease also fences the end.
+    pub start: AttemptStart,
+    /// The end.
+    pub finish: AttemptFinish,
+}
+
 /// How an attempt ended, and what the step run becomes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptFinish {
@@ -583,6 +593,12 @@ pub enum JobOutcome {
 pub struct JobFinish {
     /// Lease of the job.
     pub lease: Lease,
+    /// Whole attempts to record first, in order, as [`Store::attempt_record`] records each. A
+    /// worker defers the records of instant attempts to here, so that a job whose steps are all
+    /// instant ends in one write.
+    ///
+    /// [`Store::attempt_record`]: crate::Store::attempt_record
+    pub attempts: Vec<AttemptRecord>,
     /// How it ends.
     pub outcome: JobOutcome,
     /// Current time.

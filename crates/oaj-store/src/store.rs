@@ -152,12 +152,28 @@ pub trait Store: Send + Sync + 'static {
         Ok(id)
     }
 
+    /// Records whole attempts of one job, in order, and returns the request (cancel or pause)
+    /// pending on the job. Each record is fenced by its lease, and a lost lease rejects them all.
+    ///
+    /// The default calls [`Store::attempt_record`] for each record. An implementation may write
+    /// them all in one transaction.
+    async fn attempts_record(
+        &self,
+        records: Vec<AttemptRecord>,
+    ) -> Result<Option<Control>, StoreError> {
+        for record in records {
+            self.attempt_record(record.start, record.finish).await?;
+        }
+        Ok(None)
+    }
+
     /// Changes a step run without an attempt (skip, fan-out start, gather, approval wait).
     /// Fenced by the lease.
     async fn step_update(&self, update: StepUpdate) -> Result<(), StoreError>;
 
-    /// Ends the worker's hold on a job and releases the lease. A completed, failed or cancelled
-    /// job settles its dependents in the same transaction. Fenced by the lease.
+    /// Records `finish.attempts`, then ends the worker's hold on the job and releases the lease,
+    /// all in one transaction. A completed, failed or cancelled job settles its dependents in
+    /// the same transaction. Fenced by the lease.
     async fn job_finish(&self, finish: JobFinish) -> Result<(), StoreError>;
 
     /// Stores a worker's heartbeat, inserting the worker on its first one.

@@ -214,3 +214,56 @@ async fn deeply_nested_outputs_fail_job_and_keep_store_readable() {
         .expect("jobs can still be listed");
     assert_eq!(listed.len(), 1);
 }
+
+#[tokio::test]
+async fn instant_records_precede_slow_attempt() {
+    let harness = Harness::start().await;
+    let workflow = json!({
+        "id": "mixed",
+        "steps": [
+            {"id": "first", "component": "echo", "inputs": {"n": 1}},
+            {"id": "wait", "component": "sleep", "inputs": {"ms": 20, "after": "${steps.first.outputs.n}"}},
+            {"id": "last", "component": "noop", "inputs": {"after": "${steps.wait.outputs}"}}
+        ]
+    });
+    let job_id = harness.submit(&workflow, json!({})).await;
+    let job = harness.wait_final(&job_id).await;
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+
+    let filter = oaj_store::EventFilter {
+        job_id: Some(job_id.clone()),
+        ..oaj_store::EventFilter::default()
+    };
+    let events = harness.store().event_list(filter).await.unwrap();
+    let attempts: Vec<(String, String)> = events
+        .iter()
+        .filter(|event| event.kind.starts_with("attempt."))
+        .map(|event| {
+            (
+                event.kind.clone(),
+                event.step_id.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("attempt.started", "first"),
+        ("attempt.succeeded", "first"),
+        ("attempt.started", "wait"),
+        ("attempt.succeeded", "wait"),
+        ("attempt.started", "last"),
+        ("attempt.succeeded", "last"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(kind, step)| (kind.to_string(), step.to_string()))
+        .collect();
+    assert_eq!(attempts, expected);
+    assert_eq!(
+        events.last().map(|event| event.kind.as_str()),
+        Some("job.completed")
+    );
+    for run in harness.steps(&job_id).await {
+        assert_eq!(run.state, StepState::Completed, "{}", run.step_id);
+        assert_eq!(run.attempts, 1, "{}", run.step_id);
+    }
+}

@@ -382,6 +382,13 @@ impl Store for PostgresStore {
         in_transaction!(self, |tx| worker_writes::step_update(&mut tx, &update))
     }
 
+    async fn attempts_record(
+        &self,
+        records: Vec<AttemptRecord>,
+    ) -> Result<Option<Control>, StoreError> {
+        in_transaction!(self, |tx| worker_writes::attempts_record(&mut tx, &records))
+    }
+
     async fn job_finish(&self, finish: JobFinish) -> Result<(), StoreError> {
         in_transaction!(self, |tx| worker_writes::job_finish(&mut tx, &finish))
     }

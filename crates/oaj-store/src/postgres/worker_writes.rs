@@ -9,7 +9,7 @@ use super::job_moves::{job_end, job_head, job_move, JobMove};
 use super::tx::PgTx;
 use crate::error::StoreError;
 use crate::model::{
-    AttemptFinish, AttemptStart, Control, Event, JobFinish, JobOutcome, StepUpdate,
+    AttemptFinish, AttemptRecord, AttemptStart, Control, Event, JobFinish, JobOutcome, StepUpdate,
 };
 use crate::sqlite::claims::control_parse;
 use crate::sqlite::rows::item_to_column;
@@ -191,8 +191,23 @@ pub(crate) async fn step_update(tx: &mut PgTx<'_>, update: &StepUpdate) -> Resul
     Ok(())
 }
 
+/// Records whole attempts in order and returns the request pending on the job, if any.
+pub(crate) async fn attempts_record(
+    tx: &mut PgTx<'_>,
+    records: &[AttemptRecord],
+) -> Result<Option<Control>, StoreError> {
+    let mut control = None;
+    for record in records {
+        let mut finish = record.finish.clone();
+        finish.attempt_id = attempt_start(tx, &record.start).await?;
+        control = attempt_finish(tx, &finish).await?;
+    }
+    Ok(control)
+}
+
 /// Ends the worker's lease on a job and moves the job as `finish.outcome` requests.
 pub(crate) async fn job_finish(tx: &mut PgTx<'_>, finish: &JobFinish) -> Result<(), StoreError> {
+    attempts_record(tx, &finish.attempts).await?;
     lease_check(tx, &finish.lease).await?;
     let job_id = finish.lease.job_id.as_str();
     let head = job_head(tx, job_id)

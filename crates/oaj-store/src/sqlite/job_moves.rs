@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::rows::{query_all, query_first};
 use super::writer::WriteTx;
 use crate::error::StoreError;
-use crate::model::DependencyFailure;
+use crate::model::{DependencyFailure, Lease};
 
 // Every move leaves the job without a lease and without a pending user request, because both
 // exist only while a worker has the job. Claims set them in their own statement.
@@ -19,6 +19,8 @@ const UPDATE_MOVE: &str = "UPDATE jobs SET state = ?2, updated_at = ?3, lease_ow
 const UPDATE_COUNT: &str = "UPDATE job_counts SET count = count + ?2 WHERE state = ?1";
 const SELECT_HEAD: &str =
     "SELECT state, priority, on_dependency_failure, run_at, control FROM jobs WHERE id = ?1";
+const SELECT_HEAD_LEASED: &str = "SELECT state, priority, on_dependency_failure, run_at,
+    control, lease_token FROM jobs WHERE id = ?1";
 const SELECT_UNSETTLED_DEPENDENTS: &str = "SELECT d.job_id, d.position, j.state, j.priority,
     j.on_dependency_failure, j.run_at FROM job_dependencies d JOIN jobs j ON j.id = d.job_id
     WHERE d.depends_on_id = ?1 AND d.settled = 0";
@@ -51,6 +53,28 @@ pub(crate) fn job_head(conn: &Connection, job_id: &str) -> Result<Option<JobHead
             control: row.get(4)?,
         })
     })
+}
+
+/// Reads the fields of a job that decide its moves, after checking that `lease` is its current
+/// lease and the job is running (the fencing of [`super::claims::lease_check`]).
+pub(crate) fn job_head_leased(conn: &Connection, lease: &Lease) -> Result<JobHead, StoreError> {
+    let row = query_first(conn, SELECT_HEAD_LEASED, [&lease.job_id], |row| {
+        let head = JobHead {
+            state: state_column(row, 0)?,
+            priority: priority_column(row, 1)?,
+            on_dependency_failure: policy_column(row, 2)?,
+            run_at: row.get(3)?,
+            control: row.get(4)?,
+        };
+        Ok((head, row.get::<_, i64>(5)?))
+    })?;
+    match row {
+        Some((head, token)) if token == lease.token && head.state == JobState::Running => Ok(head),
+        _ => Err(StoreError::LeaseLost {
+            job_id: lease.job_id.clone(),
+            token: lease.token,
+        }),
+    }
 }
 
 /// One state change of one job, with the values the new state carries.

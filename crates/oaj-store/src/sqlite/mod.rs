@@ -305,6 +305,15 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn attempts_record(
+        &self,
+        records: Vec<AttemptRecord>,
+    ) -> Result<Option<Control>, StoreError> {
+        self.writer
+            .write(move |tx| worker_writes::attempts_record(tx, &records))
+            .await
+    }
+
     async fn job_finish(&self, finish: JobFinish) -> Result<(), StoreError> {
         self.writer
             .write(move |tx| worker_writes::job_finish(tx, &finish))

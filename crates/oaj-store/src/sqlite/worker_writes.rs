@@ -6,12 +6,13 @@ use rusqlite::params;
 use serde_json::json;
 
 use super::claims::{control_parse, lease_check};
-use super::job_moves::{job_end, job_head, job_move, JobMove};
+use super::job_moves::{job_end, job_head_leased, job_move, JobMove};
 use super::rows::{insert_rowid, item_to_column, query_first, query_value};
 use super::writer::WriteTx;
 use crate::error::StoreError;
 use crate::model::{
-    AttemptFinish, AttemptStart, Control, Event, JobFinish, JobOutcome, StepUpdate,
+    AttemptFinish, AttemptRecord, AttemptStart, Control, Event, JobFinish, JobOutcome, Lease,
+    StepUpdate,
 };
 
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (job_id, step_id, item, number, worker_id,
@@ -20,6 +21,15 @@ const UPSERT_STEP_RUNNING: &str = "INSERT INTO step_runs (job_id, step_id, item,
     updated_at) VALUES (?1, ?2, ?3, 'running', ?4, ?5)
     ON CONFLICT (job_id, step_id, item) DO UPDATE SET state = 'running',
     attempts = excluded.attempts, next_attempt_at = NULL, updated_at = excluded.updated_at";
+const INSERT_ATTEMPT_WHOLE: &str = "INSERT INTO attempts (job_id, step_id, item, number,
+    worker_id, lease_token, state, error, log, prompt_tokens, completion_tokens, started_at,
+    finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+const UPSERT_STEP_RECORDED: &str = "INSERT INTO step_runs (job_id, step_id, item, state,
+    attempts, output, error, next_attempt_at, updated_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+    ON CONFLICT (job_id, step_id, item) DO UPDATE SET state = excluded.state,
+    attempts = excluded.attempts, output = excluded.output, error = excluded.error,
+    next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at";
 const UPDATE_ATTEMPT_END: &str = "UPDATE attempts SET state = ?3, error = ?4, log = ?5,
     prompt_tokens = ?6, completion_tokens = ?7, finished_at = ?8
     WHERE id = ?1 AND job_id = ?2 AND state = 'running' RETURNING number";
@@ -64,18 +74,7 @@ pub(crate) fn attempt_start(tx: &mut WriteTx<'_>, start: &AttemptStart) -> Resul
             start.number,
             start.now
         ])?;
-    let data = json!({ "worker_id": start.worker_id });
-    tx.event_add(
-        step_event(
-            "attempt.started",
-            job_id,
-            &start.step_id,
-            start.item,
-            data,
-            start.now,
-        )
-        .with_attempt(start.number),
-    )?;
+    tx.event_add(started_event(start))?;
     Ok(id)
 }
 
@@ -86,12 +85,13 @@ pub(crate) fn attempt_finish(
     finish: &AttemptFinish,
 ) -> Result<Option<Control>, StoreError> {
     lease_check(tx.conn, &finish.lease)?;
+    let attempt_id = finish.attempt_id;
     let job_id = &finish.lease.job_id;
     let number = query_first(
         tx.conn,
         UPDATE_ATTEMPT_END,
         params![
-            finish.attempt_id,
+            attempt_id,
             job_id,
             finish.state.as_str(),
             finish.error,
@@ -104,7 +104,7 @@ pub(crate) fn attempt_finish(
     )?
     .ok_or_else(|| StoreError::AttemptNotRunning {
         job_id: job_id.clone(),
-        attempt_id: finish.attempt_id,
+        attempt_id,
     })?;
     tx.conn
         .prepare_cached(UPDATE_STEP_AFTER_ATTEMPT)?
@@ -136,7 +136,25 @@ pub(crate) fn attempt_finish(
         finish.now,
     );
     tx.event_add(event.with_attempt(number))?;
+    control_read(tx, job_id)
+}
 
+/// Builds the `attempt.started` event of an attempt.
+fn started_event(start: &AttemptStart) -> Event {
+    let data = json!({ "worker_id": start.worker_id });
+    let event = step_event(
+        "attempt.started",
+        &start.lease.job_id,
+        &start.step_id,
+        start.item,
+        data,
+        start.now,
+    );
+    event.with_attempt(start.number)
+}
+
+/// Returns the request pending on a job whose lease the caller has checked.
+fn control_read(tx: &WriteTx<'_>, job_id: &str) -> Result<Option<Control>, StoreError> {
     let control = query_value::<Option<String>>(tx.conn, SELECT_CONTROL, [job_id])?
         .expect("lease_check found the job");
     control_parse(control.as_deref())
@@ -148,10 +166,98 @@ pub(crate) fn attempt_record(
     start: &AttemptStart,
     mut finish: AttemptFinish,
 ) -> Result<i64, StoreError> {
-    let id = attempt_start(tx, start)?;
-    finish.attempt_id = id;
-    attempt_finish(tx, &finish)?;
+    lease_check(tx.conn, &start.lease)?;
+    finish.attempt_id = 0;
+    attempt_record_leased(tx, start, &finish)
+}
+
+/// Records a whole attempt once the caller has checked its lease: one insert of the ended
+/// attempt and one write of its step run, where a start and an end take four statements.
+fn attempt_record_leased(
+    tx: &mut WriteTx<'_>,
+    start: &AttemptStart,
+    finish: &AttemptFinish,
+) -> Result<i64, StoreError> {
+    let job_id = &start.lease.job_id;
+    let item = item_to_column(start.item);
+    let id = insert_rowid(
+        tx.conn,
+        INSERT_ATTEMPT_WHOLE,
+        params![
+            job_id,
+            start.step_id,
+            item,
+            start.number,
+            start.worker_id,
+            start.lease.token,
+            finish.state.as_str(),
+            finish.error,
+            finish.log,
+            finish.prompt_tokens,
+            finish.completion_tokens,
+            start.now,
+            finish.now
+        ],
+    )?;
+    tx.conn
+        .prepare_cached(UPSERT_STEP_RECORDED)?
+        .execute(params![
+            job_id,
+            start.step_id,
+            item,
+            finish.step_state.as_str(),
+            start.number,
+            finish.output.as_ref().map(|output| output.to_string()),
+            finish.error,
+            finish.next_attempt_at,
+            finish.now
+        ])?;
+    if finish.prompt_tokens != 0 || finish.completion_tokens != 0 {
+        tx.conn.prepare_cached(UPDATE_JOB_TOKENS)?.execute(params![
+            job_id,
+            finish.prompt_tokens,
+            finish.completion_tokens,
+            finish.now
+        ])?;
+    }
+
+    tx.event_add(started_event(start))?;
+    let kind = format!("attempt.{}", finish.state.as_str());
+    let data = json!({ "step_state": finish.step_state.as_str(), "error": finish.error });
+    let ended = step_event(&kind, job_id, &start.step_id, start.item, data, finish.now);
+    tx.event_add(ended.with_attempt(start.number))?;
     Ok(id)
+}
+
+/// Records whole attempts in order and returns the request pending on their job. The lease is
+/// checked once for each run of records that share it.
+pub(crate) fn attempts_record(
+    tx: &mut WriteTx<'_>,
+    records: &[AttemptRecord],
+) -> Result<Option<Control>, StoreError> {
+    attempts_record_leased(tx, records, None)?;
+    match records.last() {
+        Some(record) => control_read(tx, &record.start.lease.job_id),
+        None => Ok(None),
+    }
+}
+
+/// Records whole attempts, skipping the lease check of those whose lease is `checked`.
+fn attempts_record_leased<'r>(
+    tx: &mut WriteTx<'_>,
+    records: &'r [AttemptRecord],
+    mut checked: Option<&'r Lease>,
+) -> Result<(), StoreError> {
+    for record in records {
+        let lease = &record.start.lease;
+        if checked != Some(lease) || record.finish.lease != *lease {
+            lease_check(tx.conn, lease)?;
+            lease_check(tx.conn, &record.finish.lease)?;
+            checked = Some(lease);
+        }
+        attempt_record_leased(tx, &record.start, &record.finish)?;
+    }
+    Ok(())
 }
 
 /// Changes a step run without an attempt and writes its `step.<state>` event.
@@ -182,9 +288,9 @@ pub(crate) fn step_update(tx: &mut WriteTx<'_>, update: &StepUpdate) -> Result<(
 
 /// Ends the worker's lease on a job and moves the job as `finish.outcome` requests.
 pub(crate) fn job_finish(tx: &mut WriteTx<'_>, finish: &JobFinish) -> Result<(), StoreError> {
-    lease_check(tx.conn, &finish.lease)?;
+    let head = job_head_leased(tx.conn, &finish.lease)?;
+    attempts_record_leased(tx, &finish.attempts, Some(&finish.lease))?;
     let job_id = finish.lease.job_id.as_str();
-    let head = job_head(tx.conn, job_id)?.expect("lease_check found the job");
     let mut step = JobMove::new(job_id, &head, Transition::Release, finish.now);
     match &finish.outcome {
         JobOutcome::Completed(result) => {

@@ -52,6 +52,7 @@ async fn old_token_rejected_after_reclaim(store: Arc<dyn Store>) {
     assert!(is_lease_lost(&store.step_update(update).await.unwrap_err()));
     let finish = oaj_store::JobFinish {
         lease: first.lease.clone(),
+        attempts: Vec::new(),
         outcome: JobOutcome::Completed(serde_json::json!(1)),
         now: T0,
     };

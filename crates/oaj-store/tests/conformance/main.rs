@@ -5,6 +5,7 @@ mod support;
 
 mod actions;
 mod approvals;
+mod attempt_records;
 mod claims;
 mod dependencies;
 mod dependency_changes;

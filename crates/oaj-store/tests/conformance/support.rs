@@ -162,6 +162,7 @@ pub async fn finish(store: &Arc<dyn Store>, lease: &Lease, outcome: JobOutcome, 
     store
         .job_finish(JobFinish {
             lease: lease.clone(),
+            attempts: Vec::new(),
             outcome,
             now,
         })
