@@ -4,7 +4,6 @@ use oaj_core::{transition, JobState, Transition};
 use rusqlite::{params, Connection};
 use serde_json::json;
 
-use super::job_moves::counts_move;
 use super::job_reads::{job_get, step_run_list};
 use super::rows::{query_all, query_first};
 use super::workflows::WorkflowCache;
@@ -49,7 +48,8 @@ pub(crate) fn job_claim(
         claimed.push(claim_one(tx, cache, params, &id)?);
     }
     let count = i64::try_from(claimed.len()).expect("a claim returns few jobs");
-    counts_move(tx.conn, JobState::Queued, JobState::Running, count)?;
+    tx.count_add(JobState::Queued, -count);
+    tx.count_add(JobState::Running, count);
     Ok(claimed)
 }
 

@@ -6,7 +6,6 @@ use oaj_core::{transition, JobState, Transition};
 use rusqlite::params;
 use serde_json::{json, Value};
 
-use super::job_moves::counts_add;
 use super::rows::{dependency_failure_as_str, query_first};
 use super::workflows::WorkflowCache;
 use super::writer::WriteTx;
@@ -174,7 +173,7 @@ pub(crate) fn job_insert_many(
         inserted.insert(index, outcome);
     }
     for (state, count) in counts {
-        counts_add(tx.conn, state, count)?;
+        tx.count_add(state, count);
     }
     if counts_have_queued(&inserted) {
         tx.wake_workers();

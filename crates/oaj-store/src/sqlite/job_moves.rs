@@ -16,7 +16,6 @@ const UPDATE_MOVE: &str = "UPDATE jobs SET state = ?2, updated_at = ?3, lease_ow
     lease_expires_at = NULL, control = NULL, claim_key = COALESCE(?4, claim_key),
     finished_at = ?5, result = ?6, error = ?7, run_at = CASE WHEN ?8 THEN ?9 ELSE run_at END
     WHERE id = ?1";
-const UPDATE_COUNT: &str = "UPDATE job_counts SET count = count + ?2 WHERE state = ?1";
 const SELECT_HEAD: &str =
     "SELECT state, priority, on_dependency_failure, run_at, control FROM jobs WHERE id = ?1";
 const SELECT_HEAD_LEASED: &str = "SELECT state, priority, on_dependency_failure, run_at,
@@ -134,7 +133,8 @@ pub(crate) fn job_move(tx: &mut WriteTx<'_>, step: &JobMove<'_>) -> Result<JobSt
         step.run_at.is_some(),
         step.run_at.flatten(),
     ])?;
-    counts_move(tx.conn, step.from, to, 1)?;
+    tx.count_add(step.from, -1);
+    tx.count_add(to, 1);
 
     let data = match &step.error {
         Some(error) => json!({ "from": step.from.as_str(), "error": error }),
@@ -158,24 +158,6 @@ pub(crate) fn job_end(tx: &mut WriteTx<'_>, step: &JobMove<'_>) -> Result<JobSta
     }
     dependents_settle(tx, step.job_id, to, step.now)?;
     Ok(to)
-}
-
-/// Adds `count` to the counter of `to` and takes it from the counter of `from`.
-pub(crate) fn counts_move(
-    conn: &Connection,
-    from: JobState,
-    to: JobState,
-    count: i64,
-) -> Result<(), StoreError> {
-    counts_add(conn, from, -count)?;
-    counts_add(conn, to, count)
-}
-
-/// Adds `delta` to the counter of `state`.
-pub(crate) fn counts_add(conn: &Connection, state: JobState, delta: i64) -> Result<(), StoreError> {
-    conn.prepare_cached(UPDATE_COUNT)?
-        .execute(params![state.as_str(), delta])?;
-    Ok(())
 }
 
 /// The effect of an ended dependency on one job that waits for it.

@@ -6,7 +6,7 @@ use oaj_core::{JobState, Priority};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection};
 
-use super::job_moves::{counts_add, job_head};
+use super::job_moves::job_head;
 use super::rows::{
     attempt_columns, attempt_from_row, job_columns, job_from_row, query_all, query_first,
     step_run_columns, step_run_from_row,
@@ -135,5 +135,6 @@ pub(crate) fn job_delete(tx: &mut WriteTx<'_>, id: &str) -> Result<(), StoreErro
         });
     }
     tx.conn.prepare_cached(DELETE_JOB)?.execute(params![id])?;
-    counts_add(tx.conn, head.state, -1)
+    tx.count_add(head.state, -1);
+    Ok(())
 }

@@ -5,7 +5,7 @@ use oaj_core::{JobState, Transition};
 use rusqlite::params;
 use serde_json::json;
 
-use super::job_moves::{counts_add, job_end, job_head, job_move, JobMove};
+use super::job_moves::{job_end, job_head, job_move, JobMove};
 use super::rows::{query_all, query_value};
 use super::worker_writes::step_event;
 use super::writer::WriteTx;
@@ -197,7 +197,7 @@ pub(crate) fn retain(
     for state in JobState::ALL {
         let count = states.iter().filter(|deleted| **deleted == state).count() as i64;
         if count > 0 {
-            counts_add(tx.conn, state, -count)?;
+            tx.count_add(state, -count);
         }
     }
     report.deleted += states.len() as u64;

@@ -7,11 +7,13 @@
 //! fails (a lost lease, a conflict) rolls back only its own changes. Replies and events go out
 //! only after the commit, so a caller never sees a change that could still be lost.
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rusqlite::Connection;
+use oaj_core::JobState;
+use rusqlite::{params, Connection};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use crate::error::StoreError;
@@ -23,6 +25,8 @@ const BATCH_MAX: usize = 1024;
 
 /// Requests that may wait for the writer before senders are held back.
 const QUEUE_CAPACITY: usize = 8192;
+
+const UPDATE_COUNT: &str = "UPDATE job_counts SET count = count + ?2 WHERE state = ?1";
 
 /// The reply of a request, called once the outcome of the commit is known.
 type Reply = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
@@ -38,9 +42,19 @@ pub(crate) struct WriteTx<'c> {
     pub(crate) conn: &'c Connection,
     pub(crate) events: Vec<Event>,
     pub(crate) wakes_workers: bool,
+    /// Changes to the job counters, written once for the whole group just before its commit.
+    counts: CountChanges,
 }
 
+/// Changes to the number of jobs in each state.
+type CountChanges = BTreeMap<JobState, i64>;
+
 impl WriteTx<'_> {
+    /// Adds `delta` to the counter of jobs in `state` when the transaction commits.
+    pub(crate) fn count_add(&mut self, state: JobState, delta: i64) {
+        *self.counts.entry(state).or_default() += delta;
+    }
+
     /// Asks for workers to be woken after the commit, because jobs became claimable.
     pub(crate) fn wake_workers(&mut self) {
         self.wakes_workers = true;
@@ -149,6 +163,7 @@ fn run_group(conn: &Connection, group: impl Iterator<Item = Request>, publish: &
 
     let mut replies = Vec::new();
     let mut events = Vec::new();
+    let mut counts = CountChanges::new();
     let mut wakes_workers = false;
     let mut broken = None;
     for request in group {
@@ -160,12 +175,18 @@ fn run_group(conn: &Connection, group: impl Iterator<Item = Request>, publish: &
         match run_request(conn, request) {
             Ok(Some((reply, outcome))) => {
                 events.extend(outcome.events);
+                for (state, delta) in outcome.counts {
+                    *counts.entry(state).or_default() += delta;
+                }
                 wakes_workers |= outcome.wakes_workers;
                 replies.push(reply);
             }
             Ok(None) => {}
             Err(error) => broken = Some(error),
         }
+    }
+    if broken.is_none() {
+        broken = counts_write(conn, &counts).err();
     }
     if let Some(error) = broken {
         tracing::error!(error = %error, "write transaction broke; rolling the whole group back");
@@ -194,10 +215,24 @@ fn run_group(conn: &Connection, group: impl Iterator<Item = Request>, publish: &
     publish_events(publish, events, wakes_workers);
 }
 
-/// The events and wake-ups of a successful request, published after the commit.
+/// The events and wake-ups of a successful request, published after the commit, and its
+/// changes to the job counters.
 struct Outcome {
     events: Vec<Event>,
     wakes_workers: bool,
+    counts: CountChanges,
+}
+
+/// Writes the group's changes to the job counters, one statement per state that changed, so
+/// that a group of many requests updates each counter row once.
+fn counts_write(conn: &Connection, counts: &CountChanges) -> Result<(), StoreError> {
+    for (state, delta) in counts {
+        if *delta != 0 {
+            conn.prepare_cached(UPDATE_COUNT)?
+                .execute(params![state.as_str(), delta])?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs one request in its own savepoint and keeps its changes only when it succeeds.
@@ -209,37 +244,51 @@ fn run_request(
     conn: &Connection,
     request: Request,
 ) -> Result<Option<(Reply, Outcome)>, StoreError> {
-    conn.execute_batch("SAVEPOINT request")?;
+    run_cached(conn, "SAVEPOINT request")?;
     let mut tx = WriteTx {
         conn,
         events: Vec::new(),
         wakes_workers: false,
+        counts: CountChanges::new(),
     };
     let ran = catch_unwind(AssertUnwindSafe(|| request(Some(&mut tx))));
     let (is_ok, reply) = match ran {
         Ok(ran) => ran,
         Err(_) => {
-            conn.execute_batch(ROLLBACK_REQUEST)?;
+            rollback_request(conn)?;
             return Ok(None);
         }
     };
     if !is_ok {
-        conn.execute_batch(ROLLBACK_REQUEST)?;
+        rollback_request(conn)?;
         let nothing = Outcome {
             events: Vec::new(),
             wakes_workers: false,
+            counts: CountChanges::new(),
         };
         return Ok(Some((reply, nothing)));
     }
-    conn.execute_batch("RELEASE request")?;
+    run_cached(conn, "RELEASE request")?;
     let outcome = Outcome {
         events: tx.events,
         wakes_workers: tx.wakes_workers,
+        counts: tx.counts,
     };
     Ok(Some((reply, outcome)))
 }
 
-const ROLLBACK_REQUEST: &str = "ROLLBACK TO request; RELEASE request";
+/// Undoes the changes of the request in the open savepoint and ends the savepoint.
+fn rollback_request(conn: &Connection) -> Result<(), StoreError> {
+    run_cached(conn, "ROLLBACK TO request")?;
+    run_cached(conn, "RELEASE request")
+}
+
+/// Runs a statement without parameters from the statement cache. Every request runs its
+/// savepoint statements, and preparing them anew each time cost as much as a small insert.
+fn run_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
 
 /// Copies an error for each caller of a failed transaction, keeping its kind.
 fn copy_error(error: &StoreError) -> StoreError {
