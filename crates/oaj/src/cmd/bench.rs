@@ -69,6 +69,10 @@ pub struct EnqueueArgs {
     /// Jobs to insert one at a time, each in its own call; 0 skips that part.
     #[arg(long, default_value_t = 200)]
     pub single_jobs: u32,
+    /// Callers that insert the single jobs at once, each waiting for its insert to commit before
+    /// it sends the next, as concurrent API clients do.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub single_clients: u32,
     #[command(flatten)]
     pub db: BenchDb,
 }

@@ -51,6 +51,21 @@ fn enqueue_queues_every_job() {
 }
 
 #[test]
+fn enqueue_concurrent_clients_queue_every_job() {
+    let report = bench(&[
+        "enqueue",
+        "--jobs",
+        "3",
+        "--single-jobs",
+        "17",
+        "--single-clients",
+        "4",
+    ]);
+    assert_eq!(report["settings"]["single_clients"], 4);
+    assert_eq!(report["results"]["jobs_queued"], 20);
+}
+
+#[test]
 fn latency_completes_every_job() {
     let report = bench(&["latency", "--jobs", "3"]);
     assert_eq!(report["results"]["jobs_completed"], 3);

@@ -2,8 +2,9 @@
 
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use oaj_core::JobState;
+use tokio::task::JoinSet;
 
 use super::report::Report;
 use super::setup::noop_workflow;
@@ -19,6 +20,7 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<Report> {
     report.setting("jobs", args.jobs);
     report.setting("batch_size", args.batch_size);
     report.setting("single_jobs", args.single_jobs);
+    report.setting("single_clients", args.single_clients);
     let submit = noop_workflow(&engine, 1).await?;
 
     let total = args.jobs as usize;
@@ -38,8 +40,20 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<Report> {
 
     if args.single_jobs > 0 {
         let started = Instant::now();
-        for _ in 0..args.single_jobs {
-            engine.job_submit(submit.clone()).await?;
+        let mut clients = JoinSet::new();
+        for client in 0..args.single_clients {
+            let share = client_share(args.single_jobs, args.single_clients, client);
+            let engine = engine.clone();
+            let submit = submit.clone();
+            clients.spawn(async move {
+                for _ in 0..share {
+                    engine.job_submit(submit.clone()).await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(client) = clients.join_next().await {
+            client.context("a client task panicked")??;
         }
         let seconds = started.elapsed().as_secs_f64();
         report.measure("single_seconds", seconds);
@@ -57,4 +71,31 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<Report> {
     }
     report.result("jobs_queued", queued);
     Ok(report)
+}
+
+/// Returns how many of `jobs` the client numbered `client` of `clients` inserts, so that the
+/// shares differ by one at most and add up to `jobs`.
+fn client_share(jobs: u32, clients: u32, client: u32) -> u32 {
+    jobs / clients + u32::from(client < jobs % clients)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_share;
+
+    #[test]
+    fn client_shares_add_up() {
+        for (jobs, clients) in [(200, 1), (200, 64), (5, 8), (1_000, 7)] {
+            let shares: Vec<u32> = (0..clients)
+                .map(|client| client_share(jobs, clients, client))
+                .collect();
+            assert_eq!(
+                shares.iter().sum::<u32>(),
+                jobs,
+                "{jobs} jobs, {clients} clients"
+            );
+            let spread = shares.iter().max().unwrap() - shares.iter().min().unwrap();
+            assert!(spread <= 1, "{jobs} jobs, {clients} clients: {shares:?}");
+        }
+    }
 }
