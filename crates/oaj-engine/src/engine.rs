@@ -2,6 +2,7 @@
 //! and runs store maintenance.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use oaj_store::{
     ClaimParams, ClaimedJob, JobFinish, JobOutcome, Lease, LeaseExtend, LeaseStatus,
     MaintenanceParams, Store, StoreError,
 };
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -41,6 +42,10 @@ pub(crate) struct Shared {
     pub(crate) http: reqwest::Client,
     workflows: Mutex<HashMap<(String, String), Arc<LoadedWorkflow>>>,
     held: Mutex<HashMap<String, Held>>,
+    /// While the claim loop runs: where submits in this process hand the jobs they claimed.
+    handoff: Mutex<Option<mpsc::UnboundedSender<ClaimedJob>>>,
+    /// Job slots that submits in this process have reserved for claims not handed over yet.
+    reserved: AtomicUsize,
 }
 
 /// A job held by this engine: its lease, and the channel that signals its runner.
@@ -72,6 +77,8 @@ impl Engine {
             http: reqwest::Client::new(),
             workflows: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
+            handoff: Mutex::new(None),
+            reserved: AtomicUsize::new(0),
         };
         Engine {
             shared: Arc::new(shared),
@@ -107,7 +114,16 @@ impl Engine {
         let maintenance = tokio::spawn(maintenance_loop(self.shared.clone(), stop_loops.clone()));
         let worker_beat = tokio::spawn(worker_beat_loop(self.shared.clone(), stop_loops.clone()));
         let mut runners = JoinSet::new();
-        self.claim_loop(&shutdown, &mut runners).await;
+        let (handoff, mut handed) = mpsc::unbounded_channel();
+        *self.shared.handoff.lock().expect("handoff lock") = Some(handoff);
+        self.claim_loop(&shutdown, &mut runners, &mut handed).await;
+        // Submits that claimed before the loop ended still hand their jobs over. The shutdown
+        // signal below reaches those too, and they go back to the queue.
+        self.shared.handoff.lock().expect("handoff lock").take();
+        handed.close();
+        while let Some(job) = handed.recv().await {
+            self.start_job(job, &mut runners);
+        }
 
         self.shared.signal_all(Signal::Shutdown);
         if !runners.is_empty() {
@@ -126,7 +142,12 @@ impl Engine {
         debug!("engine stopped");
     }
 
-    async fn claim_loop(&self, shutdown: &CancellationToken, runners: &mut JoinSet<()>) {
+    async fn claim_loop(
+        &self,
+        shutdown: &CancellationToken,
+        runners: &mut JoinSet<()>,
+        handed: &mut mpsc::UnboundedReceiver<ClaimedJob>,
+    ) {
         let notify = self.shared.store.work_notify();
         let mut error_backoff = Duration::from_millis(50);
         loop {
@@ -134,10 +155,13 @@ impl Engine {
             tokio::pin!(notified);
             notified.as_mut().enable();
             while runners.try_join_next().is_some() {}
+            while let Ok(job) = handed.try_recv() {
+                self.start_job(job, runners);
+            }
             if shutdown.is_cancelled() {
                 return;
             }
-            let free = self.shared.config.jobs_max.saturating_sub(runners.len());
+            let free = self.shared.free_slots(runners.len());
             let claimed = if free > 0 {
                 match self.claim(free.min(CLAIM_BATCH_MAX)).await {
                     Ok(claimed) => {
@@ -167,6 +191,7 @@ impl Engine {
             }
             tokio::select! {
                 _ = &mut notified => {}
+                Some(job) = handed.recv() => self.start_job(job, runners),
                 Some(_) = runners.join_next(), if !runners.is_empty() => {}
                 _ = tokio::time::sleep(self.shared.config.poll) => {}
                 _ = shutdown.cancelled() => return,
@@ -175,13 +200,7 @@ impl Engine {
     }
 
     async fn claim(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
-        let params = ClaimParams {
-            worker_id: self.shared.config.worker_id.clone(),
-            limit: u32::try_from(limit).unwrap_or(u32::MAX),
-            now: self.shared.clock.now_ms(),
-            lease_ms: duration_ms(self.shared.config.lease),
-            job_ids: self.shared.config.only_jobs.clone().unwrap_or_default(),
-        };
+        let params = self.shared.claim_params(limit);
         self.shared.store.job_claim(params).await
     }
 
@@ -242,6 +261,73 @@ async fn fail_unloadable(shared: Arc<Shared>, lease: Lease, message: String) {
 }
 
 impl Shared {
+    /// Builds the parameters of a claim of up to `limit` jobs for this engine.
+    pub(crate) fn claim_params(&self, limit: usize) -> ClaimParams {
+        ClaimParams {
+            worker_id: self.config.worker_id.clone(),
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            now: self.clock.now_ms(),
+            lease_ms: duration_ms(self.config.lease),
+            job_ids: self.config.only_jobs.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Counts the jobs this engine may still take on, given the jobs it runs and the slots that
+    /// submits have reserved.
+    fn free_slots(&self, running: usize) -> usize {
+        let reserved = self.reserved.load(Ordering::Acquire);
+        self.config
+            .jobs_max
+            .saturating_sub(running.max(self.held_count()) + reserved)
+    }
+
+    /// Reserves up to `requested` job slots for a submit that claims in its insert, or returns
+    /// `None` when the claim loop is not running or has no free slot.
+    pub(crate) fn slots_reserve(self: &Arc<Self>, requested: usize) -> Option<SlotReservation> {
+        if self.handoff.lock().expect("handoff lock").is_none() {
+            return None;
+        }
+        let count = self.free_slots(0).min(requested).min(CLAIM_BATCH_MAX);
+        if count == 0 {
+            return None;
+        }
+        self.reserved.fetch_add(count, Ordering::AcqRel);
+        Some(SlotReservation {
+            shared: self.clone(),
+            count,
+        })
+    }
+
+    /// Hands jobs that a submit claimed to the claim loop, which runs them. When the loop has
+    /// stopped meanwhile, gives them back to the queue instead.
+    pub(crate) async fn claimed_hand_over(&self, claimed: Vec<ClaimedJob>) {
+        let mut returned = Vec::new();
+        {
+            let handoff = self.handoff.lock().expect("handoff lock");
+            for job in claimed {
+                match handoff.as_ref() {
+                    Some(sender) => {
+                        if let Err(unsent) = sender.send(job) {
+                            returned.push(unsent.0);
+                        }
+                    }
+                    None => returned.push(job),
+                }
+            }
+        }
+        for job in returned {
+            let finish = JobFinish {
+                lease: job.lease,
+                attempts: Vec::new(),
+                outcome: JobOutcome::Released,
+                now: self.clock.now_ms(),
+            };
+            if let Err(error) = self.store.job_finish(finish).await {
+                warn!(job_id = %job.job.id, error = %error, "failed to hand back a job claimed while the engine stopped; its lease will expire");
+            }
+        }
+    }
+
     fn workflow_load(&self, claimed: &ClaimedJob) -> Result<Arc<LoadedWorkflow>, String> {
         let key = (
             claimed.workflow.id.clone(),
@@ -307,6 +393,18 @@ impl Shared {
         if let Some(held) = self.held.lock().expect("held jobs lock").get(job_id) {
             raise(&held.signal, signal);
         }
+    }
+}
+
+/// Job slots reserved by a submit; released when dropped.
+pub(crate) struct SlotReservation {
+    shared: Arc<Shared>,
+    pub(crate) count: usize,
+}
+
+impl Drop for SlotReservation {
+    fn drop(&mut self) {
+        self.shared.reserved.fetch_sub(self.count, Ordering::AcqRel);
     }
 }
 

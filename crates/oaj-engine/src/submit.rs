@@ -105,7 +105,16 @@ impl Engine {
             let (record, workflow) = &workflows[&key];
             jobs.push(self.job_new(submit, record, workflow)?);
         }
-        Ok(self.store().job_insert_many(jobs, batch_id).await?)
+        // A worker of this engine with free slots claims in the insert's own transaction, so the
+        // new jobs start after one commit instead of two.
+        let Some(reservation) = self.shared.slots_reserve(jobs.len()) else {
+            return Ok(self.store().job_insert_many(jobs, batch_id).await?);
+        };
+        let claim = self.shared.claim_params(reservation.count);
+        let (ids, claimed) = self.store().job_insert_claim(jobs, batch_id, claim).await?;
+        self.shared.claimed_hand_over(claimed).await;
+        drop(reservation);
+        Ok(ids)
     }
 
     /// Parses and validates a document; agents registered with this engine count as known.

@@ -118,3 +118,47 @@ async fn delayed_job_starts_after_run_at() {
     assert_eq!(job.state, JobState::Completed);
     assert!(job.started_at.unwrap() >= run_at);
 }
+
+#[tokio::test]
+async fn submit_to_idle_worker_claims_in_insert() {
+    let harness = Harness::start().await;
+    // A first job proves that the claim loop runs before the job under test is submitted.
+    let first = harness.submit(&one_step(), json!({})).await;
+    harness.wait_state(&first, JobState::Completed).await;
+    let slow = json!({"id": "slow", "steps": [{"id": "nap", "component": "sleep", "inputs": {"ms": 200}}]});
+
+    let id = harness.submit(&slow, json!({})).await;
+    let submitted = harness.engine.store().job_get(&id).await.unwrap().unwrap();
+
+    assert_eq!(submitted.state, JobState::Running);
+    assert_eq!(
+        submitted.lease_owner.as_deref(),
+        Some(harness.engine.config().worker_id.as_str())
+    );
+    harness.wait_state(&id, JobState::Completed).await;
+}
+
+#[tokio::test]
+async fn submit_to_full_worker_stays_queued() {
+    let config = oaj_engine::EngineConfig {
+        jobs_max: 1,
+        ..test_config()
+    };
+    let harness = Harness::start_with(config, true).await;
+    let slow = json!({"id": "slow", "steps": [{"id": "nap", "component": "sleep", "inputs": {"ms": 300}}]});
+    let busy = harness.submit(&slow, json!({})).await;
+    harness.wait_state(&busy, JobState::Running).await;
+
+    let waiting = harness.submit(&one_step(), json!({})).await;
+    let submitted = harness
+        .engine
+        .store()
+        .job_get(&waiting)
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(submitted.state, JobState::Queued);
+    harness.wait_state(&busy, JobState::Completed).await;
+    harness.wait_state(&waiting, JobState::Completed).await;
+}

@@ -178,6 +178,22 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn job_insert_claim(
+        &self,
+        jobs: Vec<JobNew>,
+        batch_id: Option<String>,
+        claim: ClaimParams,
+    ) -> Result<(Vec<String>, Vec<ClaimedJob>), StoreError> {
+        let cache = Arc::clone(&self.workflows);
+        self.writer
+            .write(move |tx| {
+                let ids = job_insert::job_insert_many(tx, &cache, &jobs, batch_id.as_deref())?;
+                let claimed = claims::job_claim(tx, &cache, &claim)?;
+                Ok((ids, claimed))
+            })
+            .await
+    }
+
     async fn job_get(&self, id: &str) -> Result<Option<Job>, StoreError> {
         let id = id.to_owned();
         self.readers

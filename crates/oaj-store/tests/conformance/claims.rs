@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use oaj_core::{JobState, Priority};
-use oaj_store::{JobNew, Store};
+use oaj_store::{ClaimParams, JobNew, Store};
 
 use crate::support::{claim, insert, job, job_new, workflow_setup, LEASE_MS, T0};
 
@@ -128,7 +128,58 @@ async fn claim_never_returns_job_twice(store: Arc<dyn Store>) {
     assert_eq!(total, 200);
 }
 
+async fn insert_claim_takes_in_claim_order(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let older = insert(&store, with_priority(Priority::High, T0)).await;
+    let params = ClaimParams {
+        worker_id: "worker-1".to_owned(),
+        limit: 2,
+        now: T0 + 5,
+        lease_ms: LEASE_MS,
+        job_ids: Vec::new(),
+    };
+    let jobs = vec![
+        with_priority(Priority::Low, T0 + 1),
+        with_priority(Priority::Medium, T0 + 2),
+    ];
+    let (ids, claimed) = store.job_insert_claim(jobs, None, params).await.unwrap();
+
+    assert_eq!(ids.len(), 2);
+    let claimed_ids: Vec<&str> = claimed.iter().map(|job| job.job.id.as_str()).collect();
+    assert_eq!(claimed_ids, [older.as_str(), ids[1].as_str()]);
+    for job in &claimed {
+        assert_eq!(job.job.state, JobState::Running);
+        assert_eq!(job.job.lease_owner.as_deref(), Some("worker-1"));
+        assert_eq!(job.lease.token, job.job.lease_token);
+    }
+    assert_eq!(job(&store, &ids[0]).await.state, JobState::Queued);
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!(counts[&JobState::Running], 2);
+    assert_eq!(counts[&JobState::Queued], 1);
+}
+
+async fn insert_claim_failure_inserts_nothing(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let mut unknown = job_new(T0);
+    unknown.workflow_id = "missing".to_owned();
+    let params = ClaimParams {
+        worker_id: "worker-1".to_owned(),
+        limit: 1,
+        now: T0,
+        lease_ms: LEASE_MS,
+        job_ids: Vec::new(),
+    };
+    let jobs = vec![job_new(T0), unknown];
+    let result = store.job_insert_claim(jobs, None, params).await;
+
+    assert!(result.is_err(), "{result:?}");
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 0, "{counts:?}");
+}
+
 crate::store_tests!(
+    insert_claim_takes_in_claim_order,
+    insert_claim_failure_inserts_nothing,
     claim_orders_by_priority,
     claim_is_fifo_within_priority,
     claim_ages_old_low_jobs,
