@@ -1,5 +1,7 @@
 //! Claims and leases: how a worker takes queued jobs, keeps them, and proves it still holds them.
 
+use std::collections::HashMap;
+
 use oaj_core::{transition, JobState, Transition};
 use serde_json::json;
 
@@ -24,8 +26,16 @@ const UPDATE_CLAIM: &str = concat!(
     job_columns!()
 );
 const SELECT_LEASE: &str = "SELECT lease_token, state FROM jobs WHERE id = $1 FOR NO KEY UPDATE";
-const UPDATE_EXTEND: &str = "UPDATE jobs SET lease_expires_at = $3
-    WHERE id = $1 AND lease_token = $2 AND state = 'running' RETURNING control";
+// Renews every current lease in one statement. The rows are locked in id order, because
+// PostgreSQL sorts before it locks (documentation of SELECT, "The Locking Clause"), so two
+// renewals of overlapping jobs never wait for each other in a cycle.
+const UPDATE_EXTEND_MANY: &str = "WITH current AS (
+    SELECT j.id FROM jobs j
+    JOIN unnest($1::text[], $2::bigint[]) AS l (id, token)
+        ON j.id = l.id AND j.lease_token = l.token
+    WHERE j.state = 'running' ORDER BY j.id FOR NO KEY UPDATE OF j)
+    UPDATE jobs SET lease_expires_at = $3 FROM current WHERE jobs.id = current.id
+    RETURNING jobs.id, jobs.lease_token, jobs.control";
 
 /// Claims up to `params.limit` queued jobs in claim order and gives each a new lease.
 pub(crate) async fn job_claim(
@@ -140,27 +150,30 @@ pub(crate) async fn lease_extend(
     params: &LeaseExtend,
 ) -> Result<Vec<LeaseStatus>, StoreError> {
     let expires_at = params.now + params.lease_ms;
-    // Rows are locked in id order, so two renewals of overlapping jobs never wait for each other
-    // in a cycle.
-    let mut order: Vec<usize> = (0..params.leases.len()).collect();
-    order.sort_by(|a, b| params.leases[*a].job_id.cmp(&params.leases[*b].job_id));
-    let mut statuses = vec![None; params.leases.len()];
-    for index in order {
-        let lease = &params.leases[index];
-        let row = tx
-            .query_opt(UPDATE_EXTEND, &[&lease.job_id, &lease.token, &expires_at])
-            .await?;
-        let job_id = lease.job_id.clone();
-        statuses[index] = Some(match row {
-            Some(row) => LeaseStatus::Held {
-                job_id,
-                control: control_parse(row.try_get::<_, Option<String>>(0)?.as_deref())?,
-            },
-            None => LeaseStatus::Lost { job_id },
-        });
+    let job_ids: Vec<&str> = params.leases.iter().map(|l| l.job_id.as_str()).collect();
+    let tokens: Vec<i64> = params.leases.iter().map(|lease| lease.token).collect();
+    let rows = tx
+        .query(UPDATE_EXTEND_MANY, &[&job_ids, &tokens, &expires_at])
+        .await?;
+    let mut held = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let job_id: String = row.try_get(0)?;
+        let token: i64 = row.try_get(1)?;
+        let control: Option<String> = row.try_get(2)?;
+        held.insert((job_id, token), control);
     }
-    Ok(statuses
-        .into_iter()
-        .map(|status| status.expect("every lease got a status"))
-        .collect())
+    params
+        .leases
+        .iter()
+        .map(|lease| {
+            let key = (lease.job_id.clone(), lease.token);
+            Ok(match held.get(&key) {
+                Some(control) => LeaseStatus::Held {
+                    job_id: key.0,
+                    control: control_parse(control.as_deref())?,
+                },
+                None => LeaseStatus::Lost { job_id: key.0 },
+            })
+        })
+        .collect()
 }

@@ -20,3 +20,23 @@ impl From<deadpool_postgres::PoolError> for StoreError {
         ))
     }
 }
+
+/// Reports whether PostgreSQL aborted a statement because of a deadlock (`40P01`) or a
+/// serialization failure (`40001`), after which the same call may succeed when run again.
+pub(crate) fn is_retryable(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(message) => {
+            message.starts_with("postgres 40P01:") || message.starts_with("postgres 40001:")
+        }
+        _ => false,
+    }
+}
+
+/// Copies the error of a failed group transaction for each call of the group.
+pub(crate) fn error_copy(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Database(message) => StoreError::Database(message.clone()),
+        StoreError::Closed => StoreError::Closed,
+        other => StoreError::Database(format!("write transaction failed: {other}")),
+    }
+}

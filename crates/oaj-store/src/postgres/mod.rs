@@ -14,6 +14,7 @@ mod claims;
 mod db;
 mod dependencies;
 mod errors;
+mod group_writer;
 mod job_insert;
 mod job_moves;
 mod job_query;
@@ -44,6 +45,7 @@ use crate::error::StoreError;
 use crate::model::*;
 use crate::store::Store;
 use db::Db;
+use group_writer::{GroupWriter, WriteOp, WriteValue, WriterShared};
 use leader::Leader;
 use listener::{listener_start, Feeds};
 use session::session_open;
@@ -103,8 +105,9 @@ pub struct PostgresStore {
     pool: Pool,
     names: Arc<Names>,
     url_redacted: String,
-    workflows: WorkflowCache,
+    workflows: Arc<WorkflowCache>,
     notify: Arc<Notify>,
+    writer: GroupWriter,
     events: broadcast::Sender<Event>,
     leader: Leader,
     listener: JoinHandle<()>,
@@ -179,12 +182,20 @@ impl PostgresStore {
         let listener = listener_start(config.clone(), feeds)
             .await
             .map_err(open_error)?;
+        let workflows = Arc::new(WorkflowCache::default());
+        let writer = GroupWriter::start(WriterShared {
+            pool: pool.clone(),
+            names: Arc::clone(&names),
+            workflows: Arc::clone(&workflows),
+            notify: Arc::clone(&notify),
+        });
         Ok(PostgresStore {
             pool,
             names,
             url_redacted,
-            workflows: WorkflowCache::default(),
+            workflows,
             notify,
+            writer,
             events,
             leader: Leader::new(config),
             listener,
@@ -231,9 +242,11 @@ impl Drop for PostgresStore {
 macro_rules! in_transaction {
     ($store:expr, |$tx:ident| $body:expr) => {{
         let mut client = $store.client().await?;
-        let mut $tx = PgTx::begin(&mut client).await?;
+        let transaction = client.transaction().await?;
+        let mut $tx = PgTx::new(&transaction);
         let value = $body.await?;
-        let committed = $tx.commit(&$store.names).await?;
+        let committed = $tx.finish(&$store.names).await?;
+        transaction.commit().await?;
         $store.after_commit(&committed);
         Ok::<_, StoreError>(value)
     }};
@@ -359,38 +372,71 @@ impl Store for PostgresStore {
     }
 
     async fn job_claim(&self, params: ClaimParams) -> Result<Vec<ClaimedJob>, StoreError> {
-        in_transaction!(self, |tx| claims::job_claim(
-            &mut tx,
-            &self.workflows,
-            &params
-        ))
+        match self.writer.write(WriteOp::Claim(params)).await? {
+            WriteValue::Claimed(claimed) => Ok(claimed),
+            _ => unreachable!("a claim returns the claimed jobs"),
+        }
     }
 
     async fn lease_extend(&self, params: LeaseExtend) -> Result<Vec<LeaseStatus>, StoreError> {
-        in_transaction!(self, |tx| claims::lease_extend(&mut tx, &params))
+        match self.writer.write(WriteOp::LeaseExtend(params)).await? {
+            WriteValue::Leases(statuses) => Ok(statuses),
+            _ => unreachable!("a lease renewal returns the lease statuses"),
+        }
     }
 
     async fn attempt_start(&self, start: AttemptStart) -> Result<i64, StoreError> {
-        in_transaction!(self, |tx| worker_writes::attempt_start(&mut tx, &start))
+        match self.writer.write(WriteOp::AttemptStart(start)).await? {
+            WriteValue::AttemptId(id) => Ok(id),
+            _ => unreachable!("an attempt start returns the attempt id"),
+        }
     }
 
     async fn attempt_finish(&self, finish: AttemptFinish) -> Result<Option<Control>, StoreError> {
-        in_transaction!(self, |tx| worker_writes::attempt_finish(&mut tx, &finish))
+        match self.writer.write(WriteOp::AttemptFinish(finish)).await? {
+            WriteValue::Control(control) => Ok(control),
+            _ => unreachable!("an attempt finish returns the pending request"),
+        }
+    }
+
+    /// Writes the whole attempt in one call of the group writer.
+    async fn attempt_record(
+        &self,
+        start: AttemptStart,
+        finish: AttemptFinish,
+    ) -> Result<i64, StoreError> {
+        match self
+            .writer
+            .write(WriteOp::AttemptRecord(start, finish))
+            .await?
+        {
+            WriteValue::AttemptId(id) => Ok(id),
+            _ => unreachable!("an attempt record returns the attempt id"),
+        }
     }
 
     async fn step_update(&self, update: StepUpdate) -> Result<(), StoreError> {
-        in_transaction!(self, |tx| worker_writes::step_update(&mut tx, &update))
+        match self.writer.write(WriteOp::StepUpdate(update)).await? {
+            WriteValue::Done => Ok(()),
+            _ => unreachable!("a step update returns nothing"),
+        }
     }
 
     async fn attempts_record(
         &self,
         records: Vec<AttemptRecord>,
     ) -> Result<Option<Control>, StoreError> {
-        in_transaction!(self, |tx| worker_writes::attempts_record(&mut tx, &records))
+        match self.writer.write(WriteOp::AttemptsRecord(records)).await? {
+            WriteValue::Control(control) => Ok(control),
+            _ => unreachable!("an attempts record returns the pending request"),
+        }
     }
 
     async fn job_finish(&self, finish: JobFinish) -> Result<(), StoreError> {
-        in_transaction!(self, |tx| worker_writes::job_finish(&mut tx, &finish))
+        match self.writer.write(WriteOp::JobFinish(finish)).await? {
+            WriteValue::Done => Ok(()),
+            _ => unreachable!("a job finish returns nothing"),
+        }
     }
 
     async fn worker_heartbeat(&self, beat: WorkerBeat) -> Result<(), StoreError> {

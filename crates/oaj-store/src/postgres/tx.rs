@@ -1,6 +1,10 @@
 //! The write transaction: statements run at once, while counter changes and events wait until
 //! just before the commit, so that the locks they need are held as briefly as possible.
 //!
+//! A transaction may carry the changes of many store calls: the group writer (`group_writer.rs`)
+//! runs each call in a savepoint and uses [`PgTx::mark`] and [`PgTx::rollback_to`] to drop the
+//! counter changes and events of a call that failed.
+//!
 //! Event order across processes: a `BIGSERIAL` hands out numbers when rows are inserted, but
 //! transactions commit in any order, so a reader that resumes after sequence number N could
 //! miss a row numbered below N that commits later. Every transaction therefore takes one
@@ -21,15 +25,31 @@ use crate::model::Event;
 
 const UPDATE_COUNT: &str = "UPDATE job_counts SET count = count + $2 WHERE state = $1";
 const LOCK_EVENTS: &str = "SELECT pg_advisory_xact_lock($1, $2)";
-const INSERT_EVENT: &str = "INSERT INTO events (kind, job_id, step_id, item, attempt, data, at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq";
+// One statement for all the events of a commit. `ORDER BY` keeps the sequence numbers in the
+// order the events were added, because `nextval` runs as each sorted row is inserted.
+// Returns the last sequence number handed out.
+const INSERT_EVENTS: &str = "WITH inserted AS (
+    INSERT INTO events (kind, job_id, step_id, item, attempt, data, at)
+    SELECT kind, job_id, step_id, item, attempt, data, at
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
+        $7::bigint[]) WITH ORDINALITY AS e (kind, job_id, step_id, item, attempt, data, at, n)
+    ORDER BY n RETURNING seq)
+    SELECT max(seq) FROM inserted";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// An open write transaction with the counter changes, events and wake-ups it will commit.
+/// The caller owns the transaction itself and commits it after [`PgTx::finish`].
 pub(crate) struct PgTx<'c> {
-    tx: deadpool_postgres::Transaction<'c>,
+    tx: &'c deadpool_postgres::Transaction<'c>,
     counts: BTreeMap<&'static str, i64>,
     events: Vec<Event>,
+    wakes_workers: bool,
+}
+
+/// The pending changes of a [`PgTx`] at one moment, to go back to with [`PgTx::rollback_to`].
+pub(crate) struct Mark {
+    counts: BTreeMap<&'static str, i64>,
+    events_len: usize,
     wakes_workers: bool,
 }
 
@@ -40,21 +60,24 @@ pub(crate) struct Committed {
 }
 
 impl<'c> PgTx<'c> {
-    /// Begins a transaction on `client`.
-    pub(crate) async fn begin(
-        client: &'c mut deadpool_postgres::Client,
-    ) -> Result<PgTx<'c>, StoreError> {
-        Ok(PgTx {
-            tx: client.transaction().await?,
+    /// Wraps an open transaction, with no pending changes.
+    pub(crate) fn new(tx: &'c deadpool_postgres::Transaction<'c>) -> PgTx<'c> {
+        PgTx {
+            tx,
             counts: BTreeMap::new(),
             events: Vec::new(),
             wakes_workers: false,
-        })
+        }
+    }
+
+    /// Returns the transaction itself, for savepoints.
+    pub(crate) fn transaction(&self) -> &'c deadpool_postgres::Transaction<'c> {
+        self.tx
     }
 
     /// Returns the connection inside the transaction.
     pub(crate) fn db(&self) -> Db<'_> {
-        Db::Tx(&self.tx)
+        Db::Tx(self.tx)
     }
 
     /// Runs a statement and returns every row.
@@ -115,8 +138,26 @@ impl<'c> PgTx<'c> {
         });
     }
 
-    /// Writes the counters and events, sends the notifications and commits.
-    pub(crate) async fn commit(self, names: &Names) -> Result<Committed, StoreError> {
+    /// Returns the pending changes as they are now.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            counts: self.counts.clone(),
+            events_len: self.events.len(),
+            wakes_workers: self.wakes_workers,
+        }
+    }
+
+    /// Drops the counter changes, events and wake-ups added since `mark`, for a call whose
+    /// statements were rolled back to a savepoint.
+    pub(crate) fn rollback_to(&mut self, mark: Mark) {
+        self.counts = mark.counts;
+        self.events.truncate(mark.events_len);
+        self.wakes_workers = mark.wakes_workers;
+    }
+
+    /// Writes the counters and events and sends the notifications, which PostgreSQL delivers at
+    /// the commit. The caller commits next.
+    pub(crate) async fn finish(self, names: &Names) -> Result<Committed, StoreError> {
         // Counter rows are updated in one fixed order (by state name), so that two transactions
         // never wait for each other's counter rows in a cycle.
         for (state, delta) in &self.counts {
@@ -127,10 +168,7 @@ impl<'c> PgTx<'c> {
         if !self.events.is_empty() {
             self.execute(LOCK_EVENTS, &[&names.lock_class_events, &names.lock_id])
                 .await?;
-            let mut last_seq = 0;
-            for event in &self.events {
-                last_seq = self.event_insert(event).await?;
-            }
+            let last_seq = self.events_insert().await?;
             let payload = last_seq.to_string();
             self.execute(NOTIFY, &[&names.events_channel, &payload])
                 .await?;
@@ -138,28 +176,34 @@ impl<'c> PgTx<'c> {
         if self.wakes_workers {
             self.execute(NOTIFY, &[&names.work_channel, &""]).await?;
         }
-        self.tx.commit().await?;
         Ok(Committed {
             wakes_workers: self.wakes_workers,
         })
     }
 
-    async fn event_insert(&self, event: &Event) -> Result<i64, StoreError> {
-        let data = event.data.to_string();
-        let item = event.item.map(i64::from);
-        let attempt = event.attempt.map(i64::from);
+    /// Inserts every pending event in one statement and returns the last sequence number.
+    async fn events_insert(&self) -> Result<i64, StoreError> {
+        let count = self.events.len();
+        let mut kinds = Vec::with_capacity(count);
+        let mut job_ids = Vec::with_capacity(count);
+        let mut step_ids = Vec::with_capacity(count);
+        let mut items = Vec::with_capacity(count);
+        let mut attempts = Vec::with_capacity(count);
+        let mut data = Vec::with_capacity(count);
+        let mut ats = Vec::with_capacity(count);
+        for event in &self.events {
+            kinds.push(event.kind.as_str());
+            job_ids.push(event.job_id.as_deref());
+            step_ids.push(event.step_id.as_deref());
+            items.push(event.item.map(i64::from));
+            attempts.push(event.attempt.map(i64::from));
+            data.push(event.data.to_string());
+            ats.push(event.at);
+        }
         self.db()
             .query_value(
-                INSERT_EVENT,
-                &[
-                    &event.kind,
-                    &event.job_id,
-                    &event.step_id,
-                    &item,
-                    &attempt,
-                    &data,
-                    &event.at,
-                ],
+                INSERT_EVENTS,
+                &[&kinds, &job_ids, &step_ids, &items, &attempts, &data, &ats],
             )
             .await
     }

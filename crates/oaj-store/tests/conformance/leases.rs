@@ -233,7 +233,92 @@ async fn attempt_record_rejected_after_reclaim(store: Arc<dyn Store>) {
     assert!(store.step_run_list(&id).await.unwrap().is_empty());
 }
 
+/// Writes an attempt and the end of one job, and returns the job finish's result.
+async fn job_run_through(
+    store: Arc<dyn Store>,
+    lease: Lease,
+    finish_lease: Lease,
+) -> Result<(), StoreError> {
+    let start = attempt_start(&lease, "s1", T0 + 1);
+    let attempt = attempt_success(&lease, 0, "s1", T0 + 2);
+    store.attempt_record(start, attempt).await?;
+    store
+        .job_finish(oaj_store::JobFinish {
+            lease: finish_lease,
+            attempts: Vec::new(),
+            outcome: JobOutcome::Completed(serde_json::json!({ "n": 1 })),
+            now: T0 + 3,
+        })
+        .await
+}
+
+/// Many writes at once, which the PostgreSQL store runs in one transaction: the one with a stale
+/// lease fails alone, and the writes around it stay.
+async fn concurrent_writes_lost_lease_fails_alone(store: Arc<dyn Store>) {
+    const JOBS: usize = 20;
+    const STALE: usize = 7;
+    workflow_setup(&store).await;
+    for _ in 0..JOBS {
+        insert(&store, job_new(T0)).await;
+    }
+    let claimed = claim(&store, "worker-1", JOBS as u32, T0).await;
+    assert_eq!(claimed.len(), JOBS);
+
+    let mut tasks = Vec::new();
+    for (index, job) in claimed.iter().enumerate() {
+        let mut finish_lease = job.lease.clone();
+        if index == STALE {
+            finish_lease.token += 1;
+        }
+        let run = job_run_through(Arc::clone(&store), job.lease.clone(), finish_lease);
+        tasks.push(tokio::spawn(run));
+    }
+    for (index, task) in tasks.into_iter().enumerate() {
+        let outcome = task.await.expect("the write task does not panic");
+        if index == STALE {
+            assert!(is_lease_lost(&outcome.unwrap_err()));
+        } else {
+            outcome.expect("a write with a current lease succeeds");
+        }
+    }
+
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!(counts[&JobState::Completed], JOBS as u64 - 1);
+    assert_eq!(counts[&JobState::Running], 1);
+    for (index, job) in claimed.iter().enumerate() {
+        let id = &job.job.id;
+        let state = crate::support::job(&store, id).await.state;
+        let expected = if index == STALE {
+            JobState::Running
+        } else {
+            JobState::Completed
+        };
+        assert_eq!(state, expected, "state of job {index}");
+        assert_eq!(store.attempt_list(id).await.unwrap().len(), 1);
+        let events = store
+            .event_list(oaj_store::EventFilter {
+                job_id: Some(id.clone()),
+                after_seq: 0,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        let kinds: Vec<&str> = events.iter().map(|event| event.kind.as_str()).collect();
+        let completed = kinds.contains(&"job.completed");
+        assert_eq!(completed, index != STALE, "job.completed of job {index}");
+        assert!(
+            kinds.contains(&"attempt.started"),
+            "attempt.started of job {index}"
+        );
+        assert!(
+            kinds.contains(&"attempt.succeeded"),
+            "attempt.succeeded of job {index}"
+        );
+    }
+}
+
 crate::store_tests!(
+    concurrent_writes_lost_lease_fails_alone,
     attempt_record_writes_whole_attempt,
     attempt_record_rejected_after_reclaim,
     old_token_rejected_after_reclaim,

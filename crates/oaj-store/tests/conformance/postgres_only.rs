@@ -1,6 +1,7 @@
 //! Behaviour specific to PostgreSQL: several stores, as in several processes, on one schema.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use oaj_core::JobState;
@@ -254,6 +255,86 @@ async fn maintenance_lead_passes_when_connection_killed() {
         !first.is_maintenance_leader().await.unwrap(),
         "the first store notices it lost the lead"
     );
+}
+
+/// Reads events from the last sequence number seen, as a client resuming with Last-Event-ID
+/// does, until `is_done` is set and a read returns nothing.
+async fn events_follow(store: Arc<dyn Store>, is_done: Arc<AtomicBool>) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    let mut after_seq = 0;
+    loop {
+        let is_last_read = is_done.load(Ordering::SeqCst);
+        let filter = EventFilter {
+            job_id: None,
+            after_seq,
+            limit: 1000,
+        };
+        let events = store.event_list(filter).await.unwrap();
+        if let Some(last) = events.last() {
+            after_seq = last.seq;
+        }
+        seqs.extend(events.iter().map(|event| event.seq));
+        if is_last_read && events.is_empty() {
+            return seqs;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Runs one job through an attempt and its completion.
+async fn job_complete(store: Arc<dyn Store>, lease: oaj_store::Lease) {
+    let start = attempt_start(&lease, "s1", T0 + 1);
+    let attempt = attempt_success(&lease, 0, "s1", T0 + 2);
+    store.attempt_record(start, attempt).await.unwrap();
+    finish(
+        &store,
+        &lease,
+        JobOutcome::Completed(json!({ "n": 1 })),
+        T0 + 3,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_follower_misses_none() {
+    const JOBS_EACH: u32 = 30;
+    let Some((_url, first, second)) = two_stores().await else {
+        return;
+    };
+    let first: Arc<dyn Store> = Arc::new(first);
+    let second: Arc<dyn Store> = Arc::new(second);
+    workflow_setup(&first).await;
+    for _ in 0..JOBS_EACH * 2 {
+        insert(&first, job_new(T0)).await;
+    }
+    let is_done = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn(events_follow(Arc::clone(&first), Arc::clone(&is_done)));
+
+    let mut writes = Vec::new();
+    for store in [&first, &second] {
+        for job in claim(store, "worker-1", JOBS_EACH, T0).await {
+            writes.push(job_complete(Arc::clone(store), job.lease));
+        }
+    }
+    futures_join_all(writes.into_iter()).await;
+    is_done.store(true, Ordering::SeqCst);
+    let seqs_read = reader.await.expect("the reader does not panic");
+
+    let all = EventFilter {
+        job_id: None,
+        after_seq: 0,
+        limit: 10_000,
+    };
+    let seqs_stored: Vec<i64> = first
+        .event_list(all)
+        .await
+        .unwrap()
+        .iter()
+        .map(|event| event.seq)
+        .collect();
+    // Each job has a job.queued, a job.running, two attempt events and a job.completed.
+    assert_eq!(seqs_stored.len(), (JOBS_EACH * 2 * 5) as usize);
+    assert_eq!(seqs_read, seqs_stored, "the reader missed no event");
 }
 
 /// Awaits every future, concurrently.

@@ -1,0 +1,349 @@
+//! The group writer: one task that runs the worker writes (claims, lease renewals, attempts,
+//! step runs, job ends) that are waiting at the same moment in one transaction.
+//!
+//! With a transaction per call, every call paid its own commit, and because the event advisory
+//! lock (see `tx.rs`) is held from the event insert through the commit, those commits and their
+//! fsyncs ran one at a time. A group pays one commit for all its calls, and writes their counters
+//! and events with one statement each. Each call runs in its own savepoint, so a call that fails
+//! (a lost lease, a finished attempt) rolls back only its own changes. Callers get their replies
+//! only after the commit, so no caller sees a change that could still be lost.
+//!
+//! A call that PostgreSQL aborts because of a deadlock or a serialization failure runs again in
+//! the next group. Such a cycle needs two groups, in different processes, that lock each other's
+//! rows, such as the dependents of jobs that both finish; a transaction per call could not
+//! build it because each locked one job and then its dependents.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use super::errors::{error_copy, is_retryable};
+use super::tx::PgTx;
+use super::workflows::WorkflowCache;
+use super::{claims, worker_writes, Names};
+use crate::error::StoreError;
+use crate::model::{
+    AttemptFinish, AttemptRecord, AttemptStart, ClaimParams, ClaimedJob, Control, JobFinish,
+    LeaseExtend, LeaseStatus, StepUpdate,
+};
+
+/// Calls run in one transaction at most. Each successful call's savepoint becomes a
+/// subtransaction with its own id, and PostgreSQL keeps at most 64 of those per backend in shared
+/// memory (`PGPROC_MAX_CACHED_SUBXIDS` in PostgreSQL 15). Beyond that, every other session's
+/// snapshot has to look them up in `pg_subtrans`, which slows the whole server while the group is
+/// open.
+const GROUP_MAX: usize = 64;
+
+/// Calls that may wait for the writer before callers are held back.
+const QUEUE_CAPACITY: usize = 8192;
+
+/// Times a call aborted by a deadlock or serialization failure runs again before its error is
+/// returned.
+const RETRIES_MAX: u32 = 3;
+
+/// A worker write, with its parameters.
+pub(crate) enum WriteOp {
+    Claim(ClaimParams),
+    LeaseExtend(LeaseExtend),
+    AttemptStart(AttemptStart),
+    AttemptFinish(AttemptFinish),
+    AttemptRecord(AttemptStart, AttemptFinish),
+    AttemptsRecord(Vec<AttemptRecord>),
+    StepUpdate(StepUpdate),
+    JobFinish(JobFinish),
+}
+
+/// The result of a [`WriteOp`], one variant for each kind of result.
+pub(crate) enum WriteValue {
+    Claimed(Vec<ClaimedJob>),
+    Leases(Vec<LeaseStatus>),
+    AttemptId(i64),
+    Control(Option<Control>),
+    Done,
+}
+
+/// The channel that carries the result of one call.
+type Reply = oneshot::Sender<Result<WriteValue, StoreError>>;
+
+struct Request {
+    op: WriteOp,
+    reply: Reply,
+    retries: u32,
+}
+
+/// The parts of the store that the writer task uses.
+pub(crate) struct WriterShared {
+    pub(crate) pool: Pool,
+    pub(crate) names: Arc<Names>,
+    pub(crate) workflows: Arc<WorkflowCache>,
+    pub(crate) notify: Arc<Notify>,
+}
+
+/// The sending side of the group writer, shared by every caller of one store.
+pub(crate) struct GroupWriter {
+    sender: mpsc::Sender<Request>,
+    task: JoinHandle<()>,
+}
+
+impl GroupWriter {
+    /// Starts the writer task. It ends when the writer is dropped.
+    pub(crate) fn start(shared: WriterShared) -> GroupWriter {
+        let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let task = tokio::spawn(run(shared, receiver));
+        GroupWriter { sender, task }
+    }
+
+    /// Runs `op` in the next group and returns its result once the group has committed. When
+    /// `op` fails, its changes are rolled back and the rest of the group stays.
+    ///
+    /// Panics when `op` panicked in the writer, because that is a broken invariant such as an
+    /// illegal state move. The writer rolls that call back and keeps serving the others.
+    pub(crate) async fn write(&self, op: WriteOp) -> Result<WriteValue, StoreError> {
+        let (reply, receiver) = oneshot::channel();
+        let request = Request {
+            op,
+            reply,
+            retries: 0,
+        };
+        self.sender
+            .send(request)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match receiver.await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                panic!("the postgres group writer panicked on this call (see the panic above)")
+            }
+        }
+    }
+}
+
+impl Drop for GroupWriter {
+    fn drop(&mut self) {
+        // Callers hold the store while they wait for a reply, so none is waiting now.
+        self.task.abort();
+    }
+}
+
+async fn run(shared: WriterShared, mut receiver: mpsc::Receiver<Request>) {
+    let mut group = Vec::with_capacity(GROUP_MAX);
+    let mut retry = Vec::new();
+    loop {
+        if retry.is_empty() {
+            match receiver.recv().await {
+                Some(request) => group.push(request),
+                None => return,
+            }
+        } else {
+            group.append(&mut retry);
+        }
+        while group.len() < GROUP_MAX {
+            match receiver.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        retry = group_run(&shared, std::mem::take(&mut group)).await;
+    }
+}
+
+/// The outcome of one call in the group.
+enum CallOutcome {
+    /// The call ran: its savepoint stays on success, and was rolled back on an error.
+    Done(Result<WriteValue, StoreError>),
+    /// The call was rolled back and should run again in the next group.
+    Retry(StoreError),
+    /// The call panicked and was rolled back.
+    Panicked,
+    /// A savepoint statement failed, so the whole transaction is lost.
+    Broken(StoreError),
+}
+
+/// Runs one group in one transaction, replies to every call once the outcome of the commit is
+/// known, and returns the calls to run again.
+async fn group_run(shared: &WriterShared, group: Vec<Request>) -> Vec<Request> {
+    let mut client = match shared.pool.get().await {
+        Ok(client) => client,
+        Err(error) => return group_fail(group, Vec::new(), &error.into()),
+    };
+    let transaction = match client.transaction().await {
+        Ok(transaction) => transaction,
+        Err(error) => return group_fail(group, Vec::new(), &error.into()),
+    };
+    let mut tx = PgTx::new(&transaction);
+
+    let mut replies = Vec::with_capacity(group.len());
+    let mut retry = Vec::new();
+    let mut is_savepoint_open = false;
+    let mut requests = group.into_iter();
+    while let Some(request) = requests.next() {
+        let outcome = call_run(shared, &mut tx, &request.op, is_savepoint_open).await;
+        is_savepoint_open = matches!(outcome, CallOutcome::Done(Ok(_)));
+        match outcome {
+            CallOutcome::Done(result) => replies.push((request.reply, result)),
+            CallOutcome::Retry(error) if request.retries < RETRIES_MAX => {
+                tracing::debug!(error = %error, "write rolled back; running it in the next group");
+                retry.push(Request {
+                    retries: request.retries + 1,
+                    ..request
+                });
+            }
+            CallOutcome::Retry(error) => replies.push((request.reply, Err(error))),
+            // Dropping the reply makes the caller panic in turn.
+            CallOutcome::Panicked => {}
+            CallOutcome::Broken(error) => {
+                let mut rest: Vec<Request> = requests.collect();
+                rest.push(request);
+                rest.append(&mut retry);
+                return group_fail(rest, replies, &error);
+            }
+        }
+    }
+
+    let committed = match tx.finish(&shared.names).await {
+        Ok(committed) => committed,
+        Err(error) => return group_fail(retry, replies, &error),
+    };
+    if let Err(error) = transaction.commit().await {
+        return group_fail(retry, replies, &error.into());
+    }
+    for (reply, result) in replies {
+        // The send fails only when the caller's task was cancelled. The change is committed
+        // either way, so no receiver remains to report it to.
+        let _ = reply.send(result);
+    }
+    if committed.wakes_workers {
+        shared.notify.notify_waiters();
+        shared.notify.notify_one();
+    }
+    retry
+}
+
+/// Replies with `error` to every call of a group whose transaction failed: to the calls that had
+/// run, whose changes are lost, and to those that had not.
+fn group_fail(
+    pending: Vec<Request>,
+    replies: Vec<(Reply, Result<WriteValue, StoreError>)>,
+    error: &StoreError,
+) -> Vec<Request> {
+    tracing::error!(error = %error, calls = pending.len() + replies.len(), "write group failed");
+    let senders = replies.into_iter().map(|(reply, _)| reply);
+    for reply in senders.chain(pending.into_iter().map(|request| request.reply)) {
+        // The send fails only when the caller's task was cancelled.
+        let _ = reply.send(Err(error_copy(error)));
+    }
+    Vec::new()
+}
+
+/// Runs one call in a savepoint of its own, first releasing the previous call's savepoint when
+/// `is_savepoint_open`. The savepoint statement and the call's first statement are sent together,
+/// which saves a round trip per call.
+async fn call_run(
+    shared: &WriterShared,
+    tx: &mut PgTx<'_>,
+    op: &WriteOp,
+    is_savepoint_open: bool,
+) -> CallOutcome {
+    let statement = if is_savepoint_open {
+        "RELEASE call; SAVEPOINT call"
+    } else {
+        "SAVEPOINT call"
+    };
+    let transaction = tx.transaction();
+    let mark = tx.mark();
+
+    // `join!` polls the savepoint first, and each future sends its statement on its first poll,
+    // so the savepoint reaches the server before the call's statements.
+    let (savepoint, ran) = tokio::join!(
+        transaction.batch_execute(statement),
+        CatchUnwind::new(op_run(shared, tx, op))
+    );
+    if let Err(error) = savepoint {
+        return CallOutcome::Broken(error.into());
+    }
+
+    let error = match ran {
+        Ok(Ok(value)) => return CallOutcome::Done(Ok(value)),
+        Ok(Err(error)) => Some(error),
+        Err(()) => None,
+    };
+    if let Err(error) = transaction
+        .batch_execute("ROLLBACK TO call; RELEASE call")
+        .await
+    {
+        return CallOutcome::Broken(error.into());
+    }
+    tx.rollback_to(mark);
+
+    match error {
+        Some(error) if is_retryable(&error) => CallOutcome::Retry(error),
+        Some(error) => CallOutcome::Done(Err(error)),
+        None => CallOutcome::Panicked,
+    }
+}
+
+async fn op_run(
+    shared: &WriterShared,
+    tx: &mut PgTx<'_>,
+    op: &WriteOp,
+) -> Result<WriteValue, StoreError> {
+    match op {
+        WriteOp::Claim(params) => claims::job_claim(tx, &shared.workflows, params)
+            .await
+            .map(WriteValue::Claimed),
+        WriteOp::LeaseExtend(params) => claims::lease_extend(tx, params)
+            .await
+            .map(WriteValue::Leases),
+        WriteOp::AttemptStart(start) => worker_writes::attempt_start(tx, start)
+            .await
+            .map(WriteValue::AttemptId),
+        WriteOp::AttemptFinish(finish) => worker_writes::attempt_finish(tx, finish)
+            .await
+            .map(WriteValue::Control),
+        WriteOp::AttemptRecord(start, finish) => worker_writes::attempt_record(tx, start, finish)
+            .await
+            .map(WriteValue::AttemptId),
+        WriteOp::AttemptsRecord(records) => worker_writes::attempts_record(tx, records)
+            .await
+            .map(WriteValue::Control),
+        WriteOp::StepUpdate(update) => worker_writes::step_update(tx, update)
+            .await
+            .map(|()| WriteValue::Done),
+        WriteOp::JobFinish(finish) => worker_writes::job_finish(tx, finish)
+            .await
+            .map(|()| WriteValue::Done),
+    }
+}
+
+/// A future that turns a panic while it is polled into `Err(())`, so that one call's panic does
+/// not end the writer task and with it every later write.
+struct CatchUnwind<F> {
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> CatchUnwind<F> {
+    fn new(inner: F) -> CatchUnwind<F> {
+        CatchUnwind {
+            inner: Box::pin(inner),
+        }
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.inner.as_mut();
+        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
