@@ -26,11 +26,11 @@ use tokio::task::JoinHandle;
 use super::errors::{error_copy, is_retryable};
 use super::tx::PgTx;
 use super::workflows::WorkflowCache;
-use super::{claims, worker_writes, Names};
+use super::{claims, job_insert, worker_writes, Names};
 use crate::error::StoreError;
 use crate::model::{
     AttemptFinish, AttemptRecord, AttemptStart, ClaimParams, ClaimedJob, Control, JobFinish,
-    LeaseExtend, LeaseStatus, StepUpdate,
+    JobNew, LeaseExtend, LeaseStatus, StepUpdate,
 };
 
 /// Calls run in one transaction at most. Each successful call's savepoint becomes a
@@ -49,6 +49,8 @@ const RETRIES_MAX: u32 = 3;
 
 /// A worker write, with its parameters.
 pub(crate) enum WriteOp {
+    /// Inserts jobs, then claims in the same transaction (see `Store::job_insert_claim`).
+    InsertClaim(Vec<JobNew>, Option<String>, ClaimParams),
     Claim(ClaimParams),
     LeaseExtend(LeaseExtend),
     AttemptStart(AttemptStart),
@@ -61,6 +63,7 @@ pub(crate) enum WriteOp {
 
 /// The result of a [`WriteOp`], one variant for each kind of result.
 pub(crate) enum WriteValue {
+    InsertedClaimed(Vec<String>, Vec<ClaimedJob>),
     Claimed(Vec<ClaimedJob>),
     Leases(Vec<LeaseStatus>),
     AttemptId(i64),
@@ -294,6 +297,12 @@ async fn op_run(
     op: &WriteOp,
 ) -> Result<WriteValue, StoreError> {
     match op {
+        WriteOp::InsertClaim(jobs, batch_id, params) => {
+            let ids = job_insert::job_insert_many(tx, &shared.workflows, jobs, batch_id.as_deref())
+                .await?;
+            let claimed = claims::job_claim(tx, &shared.workflows, params).await?;
+            Ok(WriteValue::InsertedClaimed(ids, claimed))
+        }
         WriteOp::Claim(params) => claims::job_claim(tx, &shared.workflows, params)
             .await
             .map(WriteValue::Claimed),

@@ -302,6 +302,19 @@ impl Store for PostgresStore {
         ))
     }
 
+    async fn job_insert_claim(
+        &self,
+        jobs: Vec<JobNew>,
+        batch_id: Option<String>,
+        claim: ClaimParams,
+    ) -> Result<(Vec<String>, Vec<ClaimedJob>), StoreError> {
+        let op = WriteOp::InsertClaim(jobs, batch_id, claim);
+        match self.writer.write(op).await? {
+            WriteValue::InsertedClaimed(ids, claimed) => Ok((ids, claimed)),
+            _ => unreachable!("an insert with a claim returns ids and claimed jobs"),
+        }
+    }
+
     async fn job_get(&self, id: &str) -> Result<Option<Job>, StoreError> {
         let client = self.client().await?;
         job_reads::job_get(Db::Client(&client), id).await
