@@ -18,8 +18,14 @@ use super::MemoryArgs;
 /// Jobs per insert call while the queue is filled; the filling is not measured.
 const FILL_BATCH: usize = 5_000;
 
-/// How often the worker's resident memory is sampled from /proc while it runs.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// How often the worker's peak resident memory is read from /proc while it runs.
+///
+/// `VmHWM` is the peak of the process since its exec, so a read catches all growth before it,
+/// and only growth in the worker's last interval before exit can be missed. The reaped child's
+/// `ru_maxrss` is no substitute, because Linux adds to it the peak of the address space the
+/// child had before exec. After a spawn that shares memory until exec (`posix_spawn`, vfork),
+/// that is the memory of `oaj bench` itself, with the ids of every job it filled the queue with.
+const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 
 /// Fills a SQLite store with queued jobs, runs `oaj worker --exit-when-idle` on it as a child
 /// process, and reports the child's peak resident memory. Then checks that every job completed
@@ -51,29 +57,19 @@ pub async fn run(args: MemoryArgs) -> anyhow::Result<Report> {
     }
 
     let started = Instant::now();
-    let peak = worker_run(&path, &args).await?;
+    let peak_kib = worker_run(&path, &args).await?;
     let seconds = started.elapsed().as_secs_f64();
     report.measure("seconds", seconds);
     report.measure("jobs_per_second", total as f64 / seconds);
-    report.measure("peak_rss_mib", peak.rusage_kib as f64 / 1024.0);
-    report.measure("sampled_rss_max_mib", peak.sampled_kib as f64 / 1024.0);
+    report.measure("peak_rss_mib", peak_kib as f64 / 1024.0);
 
     verify(engine.store().as_ref(), &ids, &mut report).await?;
     Ok(report)
 }
 
-/// The peak resident memory of the worker process, in KiB, from two sources.
-struct Peak {
-    /// `ru_maxrss` of the reaped child, exact.
-    rusage_kib: u64,
-    /// The largest `VmHWM` read from /proc while the child ran, which misses any growth in its
-    /// last [`SAMPLE_EVERY`].
-    sampled_kib: u64,
-}
-
 /// Runs `oaj worker --exit-when-idle` on the file at `path` until it exits, and returns its peak
-/// resident memory.
-async fn worker_run(path: &Path, args: &MemoryArgs) -> anyhow::Result<Peak> {
+/// resident memory in KiB.
+async fn worker_run(path: &Path, args: &MemoryArgs) -> anyhow::Result<u64> {
     let program = std::env::current_exe().context("cannot find the oaj binary to run")?;
     let worker = &args.worker;
     let mut command = Command::new(program);
@@ -102,7 +98,7 @@ async fn worker_run(path: &Path, args: &MemoryArgs) -> anyhow::Result<Peak> {
         .context("cannot wait for oaj worker")?;
     // The sampler stops on this message or on a closed channel, so a failed send changes nothing.
     let _ = stop.send(());
-    let sampled_kib = sampler.await.context("the memory sampler panicked")?;
+    let peak_kib = sampler.await.context("the memory sampler panicked")?;
     if !output.status.success() {
         bail!(
             "oaj worker exited with {}: {}",
@@ -110,10 +106,10 @@ async fn worker_run(path: &Path, args: &MemoryArgs) -> anyhow::Result<Peak> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(Peak {
-        rusage_kib: children_rss_max_kib()?,
-        sampled_kib,
-    })
+    if peak_kib == 0 {
+        bail!("cannot read VmHWM of oaj worker (pid {pid}) from /proc");
+    }
+    Ok(peak_kib)
 }
 
 /// Reads `VmHWM` of process `pid` every [`SAMPLE_EVERY`] until `stopped` fires, and returns the
@@ -141,19 +137,4 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// Returns the peak resident memory, in KiB, of the largest child this process has reaped.
-/// The worker is the only child `oaj bench` starts.
-fn children_rss_max_kib() -> anyhow::Result<u64> {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a whole `rusage` through the pointer, which is valid for it.
-    let status = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
-    if status != 0 {
-        return Err(std::io::Error::last_os_error()).context("getrusage failed");
-    }
-    // SAFETY: getrusage returned 0, so it filled the struct, which was zeroed to begin with.
-    let usage = unsafe { usage.assume_init() };
-    // Linux reports ru_maxrss in KiB.
-    Ok(u64::try_from(usage.ru_maxrss).unwrap_or(0))
 }
