@@ -48,6 +48,8 @@ fn job_query_sql(query: &JobQuery) -> (String, Vec<SqlValue>) {
         conditions.push(condition.to_owned());
         values.extend(cursor_values);
     }
+    // NOTE: an index gives this order only with no filter or a single state (migration 0003).
+    // More states, a workflow or batch filter, or priority_desc sort every matching row.
     let order = match query.sort {
         JobSort::CreatedDesc => "created_at DESC, id DESC",
         JobSort::CreatedAsc => "created_at ASC, id ASC",
