@@ -8,6 +8,7 @@ use crate::error::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_initial.sql"),
     include_str!("../../migrations/postgres/0002_workers.sql"),
+    include_str!("../../migrations/postgres/0003_job_list_created.sql"),
 ];
 
 const LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";

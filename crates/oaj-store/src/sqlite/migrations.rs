@@ -11,6 +11,7 @@ use crate::error::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_workers.sql"),
+    include_str!("../../migrations/0003_job_list_created.sql"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -59,4 +60,32 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         tracing::info!(version, "applied schema migration");
     }
     tx.commit().map_err(|e| open_error(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sqlite::connection;
+
+    #[test]
+    fn claim_reads_queued_index_in_order() {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let path = folder.path().join("oaj.db");
+        let mut conn = connection::open_writer(&path, Duration::from_secs(1)).expect("open");
+        migrate(&mut conn, &path).expect("migrate");
+        // The statement the claim runs, from sqlite/claims.rs.
+        let sql = "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state = 'queued' \
+                   ORDER BY claim_key, id LIMIT ?1";
+        let plan: Vec<String> = conn
+            .prepare(sql)
+            .expect("the claim prepares")
+            .query_map([1000], |row| row.get(3))
+            .expect("the plan runs")
+            .map(|step| step.expect("a plan step"))
+            .collect();
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert!(plan[0].contains("INDEX jobs_queued"), "{plan:?}");
+    }
 }

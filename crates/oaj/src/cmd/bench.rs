@@ -4,7 +4,9 @@
 mod drain;
 mod enqueue;
 mod latency;
+mod memory;
 mod report;
+mod scale;
 mod sequential;
 mod setup;
 
@@ -39,6 +41,12 @@ pub enum Workload {
     Latency(LatencyArgs),
     /// Run a workflow of sequential noop steps, one job at a time, and report the time per step.
     Sequential(SequentialArgs),
+    /// Fill a store with many jobs in a mix of states, then time listing the newest jobs of each
+    /// state and counting jobs by state.
+    Scale(ScaleArgs),
+    /// Fill a store with queued noop jobs, then report the peak resident memory of an
+    /// `oaj worker` process that drains them.
+    Memory(MemoryArgs),
 }
 
 /// Arguments of `oaj bench drain`.
@@ -108,6 +116,32 @@ pub struct SequentialArgs {
     pub worker: WorkerArgs,
 }
 
+/// Arguments of `oaj bench scale`.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Jobs to store: 90% of the oldest 95% end completed, 7% failed and 3% cancelled, and the
+    /// newest 5% stay queued.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: u32,
+    /// Times each query is run; the report gives the median and the maximum.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    #[command(flatten)]
+    pub db: BenchDb,
+}
+
+/// Arguments of `oaj bench memory`.
+#[derive(Debug, Args)]
+pub struct MemoryArgs {
+    /// Jobs to enqueue before the worker process starts.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: u32,
+    #[command(flatten)]
+    pub db: BenchDb,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
 /// Runs the workload, prints its report, and fails when a job did not complete exactly once.
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let report: Report = match command.workload {
@@ -115,6 +149,8 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         Workload::Enqueue(args) => enqueue::run(args).await?,
         Workload::Latency(args) => latency::run(args).await?,
         Workload::Sequential(args) => sequential::run(args).await?,
+        Workload::Scale(args) => scale::run(args).await?,
+        Workload::Memory(args) => memory::run(args).await?,
     };
     if command.json {
         println!("{}", report.to_json());

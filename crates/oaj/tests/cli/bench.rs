@@ -80,6 +80,49 @@ fn sequential_completes_every_step() {
 }
 
 #[test]
+fn scale_lists_and_counts_every_state() {
+    let report = bench(&["scale", "--jobs", "1200", "--repeat", "2"]);
+    let results = &report["results"];
+    assert_eq!(report["settings"]["jobs"], 1200);
+    // 5% stay queued; the rest end 90% completed, 7% failed and 3% cancelled.
+    assert_eq!(results["jobs_queued"], 60);
+    assert_eq!(results["jobs_completed"], 1030);
+    assert_eq!(results["jobs_failed"], 77);
+    assert_eq!(results["jobs_cancelled"], 33);
+    // Five filters, two list methods, two repetitions, each page checked against the fill.
+    assert_eq!(results["listings_checked"], 20);
+    assert!(results["job_query_completed_median_ms"].is_number());
+    assert!(results["job_counts_median_ms"].is_number());
+}
+
+#[test]
+fn memory_reports_worker_peak() {
+    let report = bench(&["memory", "--jobs", "40"]);
+    let results = &report["results"];
+    assert_eq!(results["jobs_completed"], 40);
+    assert_eq!(results["jobs_checked_once"], 40);
+    let peak = results["peak_rss_mib"]
+        .as_f64()
+        .expect("peak_rss_mib is a number");
+    assert!(peak > 1.0, "{peak}");
+}
+
+#[test]
+fn memory_without_sqlite_rejected() {
+    let output = oaj(&[
+        "bench",
+        "memory",
+        "--jobs",
+        "1",
+        "--database",
+        "postgresql://127.0.0.1:1/none",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("drop --database"), "{stderr}");
+}
+
+#[test]
 fn existing_database_is_rejected() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let path = folder.path().join("taken.db");

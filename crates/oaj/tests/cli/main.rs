@@ -6,6 +6,7 @@
 mod bench;
 mod control;
 mod database;
+mod durability;
 mod examples;
 mod fleet;
 mod jobs;

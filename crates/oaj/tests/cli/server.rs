@@ -7,21 +7,31 @@ use serde_json::{json, Value};
 
 use crate::{finish, shell_workflow, signal, stderr, stdout, Sandbox};
 
-const TOKEN: &str = "test-token-5f1c";
+pub(crate) const TOKEN: &str = "test-token-5f1c";
 
 const ECHO_WORKFLOW: &str = r#"{"id": "greet", "inputs": {"name": {"type": "string"}},
     "steps": [{"id": "hello", "component": "echo", "inputs": {"name": "${inputs.name}"}}]}"#;
 
 /// An `oaj serve` child process with a token, stopped with SIGTERM when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    /// `IP:port` the server listens on.
+    pub(crate) address: String,
+    pub(crate) url: String,
+    is_reaped: bool,
 }
 
 impl Server {
-    fn start(sandbox: &Sandbox) -> Server {
+    pub(crate) fn start(sandbox: &Sandbox) -> Server {
+        Server::start_with(sandbox, &[])
+    }
+
+    /// Starts `oaj serve` on a free loopback port with `args` added.
+    pub(crate) fn start_with(sandbox: &Sandbox, args: &[&str]) -> Server {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
         let mut child = sandbox
-            .command(&["serve", "--listen", "127.0.0.1:0"])
+            .command(&all)
             .env("OAJ_TOKEN", TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -42,12 +52,25 @@ impl Server {
         Server {
             child,
             url: format!("http://{address}"),
+            address,
+            is_reaped: false,
         }
+    }
+
+    /// Kills the server with SIGKILL, so that it gets no chance to finish anything, and reaps it.
+    pub(crate) fn kill(mut self) {
+        self.child.kill().expect("oaj serve is killable");
+        self.child.wait().expect("oaj serve is reaped");
+        self.is_reaped = true;
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A reaped pid may already belong to another process, so it must not be signalled.
+        if self.is_reaped {
+            return;
+        }
         signal(i64::from(self.child.id()), "TERM");
         let _ = self.child.wait();
     }

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::report::Report;
-use super::setup::{describe_worker, noop_workflow};
+use super::setup::{describe_worker, jobs_enqueue, noop_workflow};
 use super::DrainArgs;
 
 /// Jobs per insert while the queue is filled; the filling is not timed.
@@ -37,12 +37,7 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<Report> {
 
     let submit = noop_workflow(&engine, 1).await?;
     let total = args.jobs as usize;
-    let mut ids = Vec::with_capacity(total);
-    while ids.len() < total {
-        let count = FILL_BATCH.min(total - ids.len());
-        let batch = vec![submit.clone(); count];
-        ids.extend(engine.job_submit_many(batch, None).await?);
-    }
+    let ids = jobs_enqueue(&engine, &submit, total, FILL_BATCH).await?;
 
     let started = Instant::now();
     let mut runs = JoinSet::new();
@@ -61,7 +56,11 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<Report> {
 }
 
 /// Checks from the store that each job completed once and ran exactly one attempt.
-async fn verify(store: &dyn Store, ids: &[String], report: &mut Report) -> anyhow::Result<()> {
+pub(super) async fn verify(
+    store: &dyn Store,
+    ids: &[String],
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let counts = store.job_counts().await?;
     let completed = counts.get(&JobState::Completed).copied().unwrap_or(0);
     let unfinished: u64 = counts

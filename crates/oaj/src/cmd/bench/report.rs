@@ -6,8 +6,8 @@ use serde_json::{Map, Value};
 #[derive(Debug)]
 pub struct Report {
     workload: &'static str,
-    settings: Vec<(&'static str, Value)>,
-    results: Vec<(&'static str, Value)>,
+    settings: Vec<(String, Value)>,
+    results: Vec<(String, Value)>,
 }
 
 impl Report {
@@ -21,26 +21,26 @@ impl Report {
     }
 
     /// Adds a setting of the run.
-    pub fn setting(&mut self, key: &'static str, value: impl Into<Value>) {
-        self.settings.push((key, value.into()));
+    pub fn setting(&mut self, key: impl Into<String>, value: impl Into<Value>) {
+        self.settings.push((key.into(), value.into()));
     }
 
     /// Adds a measured or counted result.
-    pub fn result(&mut self, key: &'static str, value: impl Into<Value>) {
-        self.results.push((key, value.into()));
+    pub fn result(&mut self, key: impl Into<String>, value: impl Into<Value>) {
+        self.results.push((key.into(), value.into()));
     }
 
     /// Adds a measured quantity, rounded to three decimals.
-    pub fn measure(&mut self, key: &'static str, value: f64) {
+    pub fn measure(&mut self, key: impl Into<String>, value: f64) {
         self.result(key, (value * 1000.0).round() / 1000.0);
     }
 
     /// Renders the report as one JSON object with `workload`, `settings` and `results`.
     pub fn to_json(&self) -> Value {
-        let object = |fields: &[(&'static str, Value)]| {
+        let object = |fields: &[(String, Value)]| {
             let map: Map<String, Value> = fields
                 .iter()
-                .map(|(key, value)| ((*key).to_owned(), value.clone()))
+                .map(|(key, value)| (key.clone(), value.clone()))
                 .collect();
             Value::Object(map)
         };

@@ -1,7 +1,7 @@
 //! What every workload needs: a fresh database, an engine over it, the benchmark workflows, and
 //! waiting for a job's events.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -142,6 +142,24 @@ impl BenchStore {
         Ok(())
     }
 
+    /// Returns the path of the SQLite file, or `None` on PostgreSQL.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => Some(path),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
+    /// Returns the size of the SQLite file and its write-ahead log in bytes, or `None` on
+    /// PostgreSQL.
+    pub fn sqlite_bytes(&self) -> Option<u64> {
+        let path = self.sqlite_path()?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let size = |file: &Path| std::fs::metadata(file).map_or(0, |meta| meta.len());
+        Some(size(path) + size(Path::new(&wal)))
+    }
+
     /// Builds an engine over the store with the built-in agents.
     pub fn engine(&self, config: EngineConfig) -> Engine {
         common::engine(self.store.clone(), config)
@@ -198,6 +216,25 @@ pub async fn noop_workflow(engine: &Engine, steps: u32) -> anyhow::Result<JobSub
         input: json!({}),
         ..JobSubmit::default()
     })
+}
+
+/// Submits `total` copies of `submit` in calls of `batch` jobs and returns their ids in order.
+pub async fn jobs_enqueue(
+    engine: &Engine,
+    submit: &JobSubmit,
+    total: usize,
+    batch: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(total);
+    while ids.len() < total {
+        let count = batch.min(total - ids.len());
+        ids.extend(
+            engine
+                .job_submit_many(vec![submit.clone(); count], None)
+                .await?,
+        );
+    }
+    Ok(ids)
 }
 
 /// Waits for the next event of `job_id` whose kind `is_wanted` accepts, and returns it. Fails
