@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oaj_core::{Clock, JobState};
+use oaj_core::{Clock, JobState, Workflow};
 use oaj_store::{
     ClaimParams, ClaimedJob, JobFinish, JobOutcome, Lease, LeaseExtend, LeaseStatus,
     MaintenanceParams, Store, StoreError,
@@ -22,6 +22,12 @@ use crate::job_runner::{JobRunner, Signal};
 use crate::limits::Limits;
 use crate::loaded_workflow::LoadedWorkflow;
 use crate::worker_beat::worker_beat_loop;
+
+/// Most parsed workflow versions kept for submits. The cache starts over when it is full.
+const PARSED_WORKFLOWS_MAX: usize = 1024;
+
+/// A workflow id and version.
+type WorkflowKey = (String, String);
 
 /// Most jobs taken by one claim, so that one claim transaction stays short.
 const CLAIM_BATCH_MAX: usize = 512;
@@ -41,6 +47,9 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     pub(crate) http: reqwest::Client,
     workflows: Mutex<HashMap<(String, String), Arc<LoadedWorkflow>>>,
+    /// Validated documents by workflow id and version, with the text each was parsed from, so
+    /// that a submit parses a version once.
+    parsed: Mutex<HashMap<WorkflowKey, (String, Arc<Workflow>)>>,
     held: Mutex<HashMap<String, Held>>,
     /// While the claim loop runs: where submits in this process hand the jobs they claimed.
     handoff: Mutex<Option<mpsc::UnboundedSender<ClaimedJob>>>,
@@ -76,6 +85,7 @@ impl Engine {
             limits,
             http: reqwest::Client::new(),
             workflows: Mutex::new(HashMap::new()),
+            parsed: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             handoff: Mutex::new(None),
             reserved: AtomicUsize::new(0),
@@ -261,6 +271,34 @@ async fn fail_unloadable(shared: Arc<Shared>, lease: Lease, message: String) {
 }
 
 impl Shared {
+    /// Returns the parsed workflow of `key` when it was parsed from `document`. A version deleted
+    /// and stored again with another document is parsed again.
+    pub(crate) fn parsed_get(
+        &self,
+        key: &(String, String),
+        document: &str,
+    ) -> Option<Arc<Workflow>> {
+        let parsed = self.parsed.lock().expect("parsed workflows lock");
+        match parsed.get(key) {
+            Some((text, workflow)) if text == document => Some(workflow.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps a parsed workflow for later submits.
+    pub(crate) fn parsed_insert(
+        &self,
+        key: (String, String),
+        document: String,
+        workflow: Arc<Workflow>,
+    ) {
+        let mut parsed = self.parsed.lock().expect("parsed workflows lock");
+        if parsed.len() >= PARSED_WORKFLOWS_MAX {
+            parsed.clear();
+        }
+        parsed.insert(key, (document, workflow));
+    }
+
     /// Builds the parameters of a claim of up to `limit` jobs for this engine.
     pub(crate) fn claim_params(&self, limit: usize) -> ClaimParams {
         ClaimParams {

@@ -1,6 +1,7 @@
 //! Registering workflows and submitting jobs through the engine, with validation first.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use oaj_core::validate::{input_check, workflow_parse_validate, Report};
 use oaj_core::{Priority, Workflow};
@@ -93,7 +94,7 @@ impl Engine {
         batch_id: Option<String>,
     ) -> Result<Vec<String>, SubmitError> {
         // Jobs of one call often share a workflow, so each version is read and parsed once.
-        let mut workflows: HashMap<(String, Option<String>), (WorkflowRecord, Workflow)> =
+        let mut workflows: HashMap<(String, Option<String>), (WorkflowRecord, Arc<Workflow>)> =
             HashMap::new();
         let mut jobs = Vec::with_capacity(submits.len());
         for submit in submits {
@@ -126,7 +127,7 @@ impl Engine {
     async fn workflow_fetch(
         &self,
         submit: &JobSubmit,
-    ) -> Result<(WorkflowRecord, Workflow), SubmitError> {
+    ) -> Result<(WorkflowRecord, Arc<Workflow>), SubmitError> {
         let version = submit.workflow_version.as_deref();
         let record = self
             .store()
@@ -136,9 +137,16 @@ impl Engine {
                 id: submit.workflow_id.clone(),
                 version: version.unwrap_or("latest").to_owned(),
             })?;
+        let key = (record.id.clone(), record.version.clone());
+        if let Some(workflow) = self.shared.parsed_get(&key, &record.document) {
+            return Ok((record, workflow));
+        }
         let workflow = self
             .workflow_parse(&record.document)
             .map_err(SubmitError::WorkflowInvalid)?;
+        let workflow = Arc::new(workflow);
+        self.shared
+            .parsed_insert(key, record.document.clone(), workflow.clone());
         Ok((record, workflow))
     }
 

@@ -162,3 +162,41 @@ async fn submit_to_full_worker_stays_queued() {
     harness.wait_state(&busy, JobState::Completed).await;
     harness.wait_state(&waiting, JobState::Completed).await;
 }
+
+#[tokio::test]
+async fn submit_checks_version_stored_again() {
+    let harness = Harness::start_with(test_config(), false).await;
+    let typed = |kind: &str| {
+        json!({
+            "id": "typed", "version": "1.0.0",
+            "inputs": {"count": {"type": kind}},
+            "steps": [{"id": "only", "component": "noop"}]
+        })
+    };
+    let submit = || JobSubmit {
+        workflow_id: "typed".to_owned(),
+        input: json!({"count": 5}),
+        ..JobSubmit::default()
+    };
+    harness
+        .engine
+        .workflow_register(&typed("string").to_string())
+        .await
+        .expect("valid workflow");
+    let rejected = harness.engine.job_submit(submit()).await;
+    assert!(rejected.is_err(), "{rejected:?}");
+
+    harness
+        .engine
+        .store()
+        .workflow_delete("typed", "1.0.0")
+        .await
+        .expect("no job uses the version");
+    harness
+        .engine
+        .workflow_register(&typed("integer").to_string())
+        .await
+        .expect("valid workflow");
+    let accepted = harness.engine.job_submit(submit()).await;
+    assert!(accepted.is_ok(), "{accepted:?}");
+}
