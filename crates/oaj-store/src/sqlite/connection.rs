@@ -28,6 +28,14 @@ pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connect
         });
     }
     configure(&conn).map_err(|e| open_error(path, e))?;
+    // Each request runs in a savepoint, whose sub-journal keeps the first copy of every page the
+    // request changes. With the default temp_store, SQLite moves a sub-journal to a temporary
+    // file once it passes 64 KiB (SQLITE_STMTJRNL_SPILL), which a claim of many jobs does, and
+    // the writer then spent its time in file writes: a 20,000-job drain ran about 40% faster
+    // with this setting. In memory the sub-journal holds at most the pages of one request,
+    // because it is emptied when the request's savepoint is released.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(|e| open_error(path, e))?;
     Ok(conn)
 }
 
