@@ -53,8 +53,9 @@ pub(crate) struct Shared {
     held: Mutex<HashMap<String, Held>>,
     /// While the claim loop runs: where submits in this process hand the jobs they claimed.
     handoff: Mutex<Option<mpsc::UnboundedSender<ClaimedJob>>>,
-    /// Job slots that submits in this process have reserved for claims not handed over yet.
-    reserved: AtomicUsize,
+    /// Job slots in use: one for each job this engine holds, from the claim that takes it until
+    /// its runner ends, plus the slots of claims in flight. Never above `config.jobs_max`.
+    taken: AtomicUsize,
 }
 
 /// A job held by this engine: its lease, and the channel that signals its runner.
@@ -88,7 +89,7 @@ impl Engine {
             parsed: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             handoff: Mutex::new(None),
-            reserved: AtomicUsize::new(0),
+            taken: AtomicUsize::new(0),
         };
         Engine {
             shared: Arc::new(shared),
@@ -171,14 +172,16 @@ impl Engine {
             if shutdown.is_cancelled() {
                 return;
             }
-            let free = self.shared.free_slots(runners.len());
+            let free = self.shared.slots_take(CLAIM_BATCH_MAX);
             let claimed = if free > 0 {
-                match self.claim(free.min(CLAIM_BATCH_MAX)).await {
+                match self.claim(free).await {
                     Ok(claimed) => {
                         error_backoff = Duration::from_millis(50);
+                        self.shared.slots_give_back(free - claimed.len());
                         claimed
                     }
                     Err(error) => {
+                        self.shared.slots_give_back(free);
                         warn!(error = %error, "claim failed; retrying");
                         tokio::time::sleep(error_backoff).await;
                         error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
@@ -192,7 +195,7 @@ impl Engine {
             for job in claimed {
                 self.start_job(job, runners);
             }
-            if claimed_count > 0 && claimed_count == free.min(CLAIM_BATCH_MAX) {
+            if claimed_count > 0 && claimed_count == free {
                 continue;
             }
             if self.shared.config.exit_when_idle && runners.is_empty() && self.is_store_idle().await
@@ -229,12 +232,19 @@ impl Engine {
         }
     }
 
+    /// Runs a claimed job, which brings the job slot its claim took.
     fn start_job(&self, claimed: ClaimedJob, runners: &mut JoinSet<()>) {
         let shared = self.shared.clone();
         let loaded = match shared.workflow_load(&claimed) {
             Ok(loaded) => loaded,
             Err(message) => {
-                runners.spawn(fail_unloadable(shared, claimed.lease, message));
+                let slot = SlotGuard {
+                    shared: shared.clone(),
+                };
+                runners.spawn(async move {
+                    let _slot = slot;
+                    fail_unloadable(shared, claimed.lease, message).await;
+                });
                 return;
             }
         };
@@ -251,7 +261,13 @@ impl Engine {
         runners.spawn(async move {
             // Dropped even if the runner panics, so the heartbeat stops renewing the lease and
             // maintenance rescues the job instead of it staying running forever.
-            let _held = HeldGuard { shared, job_id };
+            let _held = HeldGuard {
+                job_id,
+                _slot: SlotGuard {
+                    shared: shared.clone(),
+                },
+                shared,
+            };
             runner.run().await;
         });
     }
@@ -310,35 +326,42 @@ impl Shared {
         }
     }
 
-    /// Counts the jobs this engine may still take on, given the jobs it runs and the slots that
-    /// submits have reserved.
-    fn free_slots(&self, running: usize) -> usize {
-        let reserved = self.reserved.load(Ordering::Acquire);
-        self.config
-            .jobs_max
-            .saturating_sub(running.max(self.held_count()) + reserved)
+    /// Takes up to `requested` free job slots at once and returns how many it took. Checking and
+    /// taking in one atomic step keeps concurrent claims from passing `jobs_max` together.
+    fn slots_take(&self, requested: usize) -> usize {
+        let jobs_max = self.config.jobs_max;
+        let mut taken = 0;
+        let _ = self
+            .taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                taken = jobs_max.saturating_sub(current).min(requested);
+                Some(current + taken)
+            });
+        taken
     }
 
-    /// Reserves up to `requested` job slots for a submit that claims in its insert, or returns
-    /// `None` when the claim loop is not running or has no free slot.
-    pub(crate) fn slots_reserve(self: &Arc<Self>, requested: usize) -> Option<SlotReservation> {
+    /// Returns job slots that a claim took and did not fill.
+    fn slots_give_back(&self, count: usize) {
+        self.taken.fetch_sub(count, Ordering::AcqRel);
+    }
+
+    /// Takes up to `requested` job slots for a submit that claims in its insert, or returns
+    /// `None` when the claim loop is not running or no slot is free.
+    pub(crate) fn submit_slots_take(self: &Arc<Self>, requested: usize) -> Option<TakenSlots> {
         if self.handoff.lock().expect("handoff lock").is_none() {
             return None;
         }
-        let count = self.free_slots(0).min(requested).min(CLAIM_BATCH_MAX);
-        if count == 0 {
-            return None;
-        }
-        self.reserved.fetch_add(count, Ordering::AcqRel);
-        Some(SlotReservation {
+        let count = self.slots_take(requested.min(CLAIM_BATCH_MAX));
+        (count > 0).then(|| TakenSlots {
             shared: self.clone(),
             count,
         })
     }
 
-    /// Hands jobs that a submit claimed to the claim loop, which runs them. When the loop has
-    /// stopped meanwhile, gives them back to the queue instead.
-    pub(crate) async fn claimed_hand_over(&self, claimed: Vec<ClaimedJob>) {
+    /// Hands jobs that a submit claimed to the claim loop, which runs them, each with one of the
+    /// submit's slots. When the loop has stopped meanwhile, gives the jobs back to the queue and
+    /// their slots too.
+    async fn claimed_hand_over(&self, claimed: Vec<ClaimedJob>) {
         let mut returned = Vec::new();
         {
             let handoff = self.handoff.lock().expect("handoff lock");
@@ -363,6 +386,7 @@ impl Shared {
             if let Err(error) = self.store.job_finish(finish).await {
                 warn!(job_id = %job.job.id, error = %error, "failed to hand back a job claimed while the engine stopped; its lease will expire");
             }
+            self.slots_give_back(1);
         }
     }
 
@@ -434,22 +458,45 @@ impl Shared {
     }
 }
 
-/// Job slots reserved by a submit; released when dropped.
-pub(crate) struct SlotReservation {
+/// Job slots taken by a submit that claims in its insert. Those its claim does not fill are
+/// given back when it is dropped, also when the submit is cancelled while it waits.
+pub(crate) struct TakenSlots {
     shared: Arc<Shared>,
     pub(crate) count: usize,
 }
 
-impl Drop for SlotReservation {
-    fn drop(&mut self) {
-        self.shared.reserved.fetch_sub(self.count, Ordering::AcqRel);
+impl TakenSlots {
+    /// Hands the claimed jobs over with one slot each, and gives back the rest.
+    pub(crate) async fn hand_over(mut self, claimed: Vec<ClaimedJob>) {
+        self.count -= claimed.len().min(self.count);
+        let shared = self.shared.clone();
+        drop(self);
+        shared.claimed_hand_over(claimed).await;
     }
 }
 
-/// Removes a job from the held jobs when its runner ends.
+impl Drop for TakenSlots {
+    fn drop(&mut self) {
+        self.shared.slots_give_back(self.count);
+    }
+}
+
+/// The job slot of one claimed job, given back when the guard is dropped.
+struct SlotGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.shared.slots_give_back(1);
+    }
+}
+
+/// Removes a job from the held jobs, and gives back its slot, when its runner ends.
 struct HeldGuard {
     shared: Arc<Shared>,
     job_id: String,
+    _slot: SlotGuard,
 }
 
 impl Drop for HeldGuard {

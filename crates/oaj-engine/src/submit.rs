@@ -108,13 +108,12 @@ impl Engine {
         }
         // A worker of this engine with free slots claims in the insert's own transaction, so the
         // new jobs start after one commit instead of two.
-        let Some(reservation) = self.shared.slots_reserve(jobs.len()) else {
+        let Some(slots) = self.shared.submit_slots_take(jobs.len()) else {
             return Ok(self.store().job_insert_many(jobs, batch_id).await?);
         };
-        let claim = self.shared.claim_params(reservation.count);
+        let claim = self.shared.claim_params(slots.count);
         let (ids, claimed) = self.store().job_insert_claim(jobs, batch_id, claim).await?;
-        self.shared.claimed_hand_over(claimed).await;
-        drop(reservation);
+        slots.hand_over(claimed).await;
         Ok(ids)
     }
 

@@ -200,3 +200,45 @@ async fn submit_checks_version_stored_again() {
     let accepted = harness.engine.job_submit(submit()).await;
     assert!(accepted.is_ok(), "{accepted:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submits_respect_jobs_max() {
+    let config = oaj_engine::EngineConfig {
+        jobs_max: 2,
+        ..test_config()
+    };
+    let harness = Harness::start_with(config, true).await;
+    let first = harness.submit(&one_step(), json!({})).await;
+    harness.wait_state(&first, JobState::Completed).await;
+    let slow = json!({"id": "slow", "steps": [{"id": "nap", "component": "sleep", "inputs": {"ms": 150}}]});
+    harness
+        .engine
+        .workflow_register(&slow.to_string())
+        .await
+        .expect("valid workflow");
+
+    let mut submits = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let engine = harness.engine.clone();
+        submits.spawn(async move {
+            let submit = JobSubmit {
+                workflow_id: "slow".to_owned(),
+                ..JobSubmit::default()
+            };
+            engine.job_submit(submit).await.expect("job accepted")
+        });
+    }
+    let mut most_running = 0;
+    loop {
+        let counts = harness.engine.store().job_counts().await.unwrap();
+        let count = |state| counts.get(&state).copied().unwrap_or(0);
+        most_running = most_running.max(count(JobState::Running));
+        if submits.is_empty() && count(JobState::Completed) == 41 {
+            break;
+        }
+        while submits.try_join_next().is_some() {}
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(most_running <= 2, "{most_running} jobs ran at once");
+    assert!(most_running >= 1);
+}
