@@ -24,6 +24,13 @@ use crate::attempt::{attempt_run, AttemptOutcome, AttemptPlan};
 use crate::engine::Shared;
 use crate::loaded_workflow::{LoadedWorkflow, StepAction};
 
+/// Fan-out items started between two yields to the runtime.
+const FANOUT_YIELD_EVERY: usize = 64;
+
+/// Records of instant attempts kept before they are written, so that a lost lease in a large
+/// fan-out loses at most this many finished items, and the write stays small.
+const RECORDS_KEPT_MAX: usize = 512;
+
 /// A request from the engine to a running job, set by the heartbeat, by the end of an attempt and
 /// by shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,10 +258,14 @@ impl JobRunner {
                     return Ok(outcome);
                 }
             }
-            // Records wait for the next write only while nothing but instant attempts runs.
-            // Before a wait that may be long, they are written now, so that a crash cannot
-            // lose them and a reader sees each step's outcome soon after it ends.
-            if self.tasks.is_empty() || self.slow_running > 0 {
+            // Records wait for the next write only while nothing but instant attempts runs, and
+            // only up to RECORDS_KEPT_MAX of them. Before a wait that may be long, they are
+            // written now, so that a crash cannot lose them and a reader sees each step's
+            // outcome soon after it ends.
+            if self.tasks.is_empty()
+                || self.slow_running > 0
+                || self.records.len() >= RECORDS_KEPT_MAX
+            {
                 self.records_write().await?;
             }
             let wake = self.next_timer(drain_deadline);
@@ -650,12 +661,17 @@ impl JobRunner {
                 running += 1;
             }
         }
-        for item in ready {
+        for (started, item) in ready.into_iter().enumerate() {
             self.spawn_attempt(
                 index,
                 Some(u32::try_from(item).expect("item count fits in u32")),
             )
             .await?;
+            // Starting thousands of items takes long without an await point, and would keep the
+            // heartbeat that renews this worker's leases from running.
+            if started % FANOUT_YIELD_EVERY == FANOUT_YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
         }
         self.gather_if_done(index).await
     }
@@ -684,11 +700,18 @@ impl JobRunner {
     /// Starts an attempt as a child task. Before an attempt that is not instant, the records kept
     /// so far are written, so that its events follow theirs.
     async fn spawn_attempt(&mut self, index: usize, item: Option<u32>) -> Result<(), Stop> {
-        let scope = match item {
-            Some(position) => self.item_scope(index, position),
-            None => self.scope.clone(),
-        };
-        let plan = match self.attempt_plan(index, item, &scope) {
+        // The scope holds every output so far, so it is lent to the plan instead of copied for
+        // each attempt: a copy per item made a large fan-out quadratic.
+        let mut scope = std::mem::take(&mut self.scope);
+        if let Some(position) = item {
+            self.item_enter(&mut scope, index, position);
+        }
+        let plan = self.attempt_plan(index, item, &scope);
+        if item.is_some() {
+            item_leave(&mut scope);
+        }
+        self.scope = scope;
+        let plan = match plan {
             Ok(plan) => plan,
             Err(message) => {
                 self.set_slot(index, item, Slot::Failed(message.clone()));
@@ -731,8 +754,8 @@ impl JobRunner {
         }
     }
 
-    fn item_scope(&self, index: usize, position: u32) -> Value {
-        let mut scope = self.scope.clone();
+    /// Adds the `item` and `index` of a fan-out item to `scope`.
+    fn item_enter(&self, scope: &mut Value, index: usize, position: u32) {
         let value = self.steps[index]
             .item_values
             .get(position as usize)
@@ -740,7 +763,6 @@ impl JobRunner {
             .unwrap_or(Value::Null);
         scope["item"] = value;
         scope["index"] = json!(position);
-        scope
     }
 
     fn attempt_plan(
@@ -846,6 +868,14 @@ impl JobRunner {
         let seconds = self.loaded.step(index).approval.as_ref()?.timeout_seconds?;
         let limit = oaj_core::retry_policy::seconds(seconds);
         Some(since.saturating_add(i64::try_from(limit.as_millis()).unwrap_or(i64::MAX)))
+    }
+}
+
+/// Removes what [`JobRunner::item_enter`] added to a scope.
+fn item_leave(scope: &mut Value) {
+    if let Some(fields) = scope.as_object_mut() {
+        fields.remove("item");
+        fields.remove("index");
     }
 }
 
