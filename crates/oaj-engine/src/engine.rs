@@ -161,6 +161,12 @@ impl Engine {
     ) {
         let notify = self.shared.store.work_notify();
         let mut error_backoff = Duration::from_millis(50);
+        // Whether the last claim found fewer queued jobs than it had room for. A runner that ends
+        // then frees a slot but brings no new work, which comes with a wake-up or the poll, so
+        // the loop does not claim for it. An empty claim would also hold every free slot while
+        // it runs, and a submit in this process could not claim in its insert meanwhile.
+        let mut queue_empty = false;
+        let mut claim_now = true;
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
@@ -172,7 +178,11 @@ impl Engine {
             if shutdown.is_cancelled() {
                 return;
             }
-            let free = self.shared.slots_take(CLAIM_BATCH_MAX);
+            let free = if claim_now {
+                self.shared.slots_take(CLAIM_BATCH_MAX)
+            } else {
+                0
+            };
             let claimed = if free > 0 {
                 match self.claim(free).await {
                     Ok(claimed) => {
@@ -192,6 +202,9 @@ impl Engine {
                 Vec::new()
             };
             let claimed_count = claimed.len();
+            if free > 0 {
+                queue_empty = claimed_count < free;
+            }
             for job in claimed {
                 self.start_job(job, runners);
             }
@@ -202,10 +215,14 @@ impl Engine {
             {
                 return;
             }
+            claim_now = true;
             tokio::select! {
                 _ = &mut notified => {}
-                Some(job) = handed.recv() => self.start_job(job, runners),
-                Some(_) = runners.join_next(), if !runners.is_empty() => {}
+                Some(job) = handed.recv() => {
+                    self.start_job(job, runners);
+                    claim_now = !queue_empty;
+                }
+                Some(_) = runners.join_next(), if !runners.is_empty() => claim_now = !queue_empty,
                 _ = tokio::time::sleep(self.shared.config.poll) => {}
                 _ = shutdown.cancelled() => return,
             }
