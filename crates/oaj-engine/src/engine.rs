@@ -468,9 +468,14 @@ impl Shared {
         }
     }
 
-    pub(crate) fn signal_job(&self, job_id: &str, signal: Signal) {
-        if let Some(held) = self.held.lock().expect("held jobs lock").get(job_id) {
-            raise(&held.signal, signal);
+    /// Signals a held job's runner, and returns whether the job is still held.
+    pub(crate) fn signal_job(&self, job_id: &str, signal: Signal) -> bool {
+        match self.held.lock().expect("held jobs lock").get(job_id) {
+            Some(held) => {
+                raise(&held.signal, signal);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -579,9 +584,12 @@ fn apply_lease_statuses(shared: &Shared, statuses: Vec<LeaseStatus>) {
                 shared.signal_job(&job_id, Signal::from(control));
             }
             LeaseStatus::Held { .. } => {}
+            // A job whose runner ended after this renewal began has released its lease itself,
+            // so only a job still held has lost it.
             LeaseStatus::Lost { job_id } => {
-                info!(job_id = %job_id, "lease lost");
-                shared.signal_job(&job_id, Signal::Lost);
+                if shared.signal_job(&job_id, Signal::Lost) {
+                    info!(job_id = %job_id, "lease lost");
+                }
             }
         }
     }
