@@ -61,7 +61,8 @@ pub(crate) struct JobCreate {
     /// `fail` (default) or `run`: what a failed or cancelled dependency does to this job.
     #[serde(default)]
     on_dependency_failure: DependencyFailure,
-    /// Earliest start, in milliseconds since the Unix epoch.
+    /// Earliest start, in milliseconds since the Unix epoch, at most ten years from now.
+    #[schema(minimum = 0)]
     run_at: Option<i64>,
     /// Earliest start as seconds from now. With an idempotency key, prefer `run_at`: a repeat
     /// computes a different start time and is rejected as a different request.
@@ -174,6 +175,9 @@ pub(crate) async fn job_submit(
         }
     };
     let now = state.now_ms();
+    if let Some(run_at) = request.run_at {
+        run_at_check(run_at, now, &format!("{path}/run_at"))?;
+    }
     let delay_ms = seconds_to_ms(request.delay_seconds, &format!("{path}/delay_seconds"))?;
     let run_at = match (request.run_at, delay_ms) {
         (Some(_), Some(_)) => {
@@ -198,6 +202,23 @@ pub(crate) async fn job_submit(
         timeout_ms: seconds_to_ms(request.timeout_seconds, &format!("{path}/timeout_seconds"))?,
         idempotency_key: request.idempotency_key,
     })
+}
+
+/// Checks that `run_at`, in milliseconds since the Unix epoch, is not negative and at most ten
+/// years after `now`, the same bound as `delay_seconds`.
+fn run_at_check(run_at: i64, now: i64, path: &str) -> Result<(), ApiError> {
+    let latest = now.saturating_add(315_360_000_000);
+    if (0..=latest).contains(&run_at) {
+        return Ok(());
+    }
+    Err(unprocessable(
+        "run_at_out_of_range",
+        format!(
+            "{run_at} is out of range: expected milliseconds since the Unix epoch, from 0 to \
+             {latest} (ten years from now)"
+        ),
+        path.to_owned(),
+    ))
 }
 
 fn seconds_to_ms(seconds: Option<f64>, path: &str) -> Result<Option<i64>, ApiError> {

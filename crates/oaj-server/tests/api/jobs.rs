@@ -79,6 +79,16 @@ async fn job_create_errors() {
             "seconds_out_of_range",
         ),
         (
+            json!({"workflow_id": "greet", "input": {"name": "a"}, "run_at": -1}),
+            422,
+            "run_at_out_of_range",
+        ),
+        (
+            json!({"workflow_id": "greet", "input": {"name": "a"}, "run_at": i64::MAX}),
+            422,
+            "run_at_out_of_range",
+        ),
+        (
             json!({"workflow_id": "greet", "input": {"name": "a"}, "depends_on": ["nope"]}),
             422,
             "dependency_invalid",
