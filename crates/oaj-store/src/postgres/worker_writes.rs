@@ -10,7 +10,8 @@ use super::job_moves::{job_end, job_head, job_move, JobMove};
 use super::tx::PgTx;
 use crate::error::StoreError;
 use crate::model::{
-    AttemptFinish, AttemptRecord, AttemptStart, Control, Event, JobFinish, JobOutcome, StepUpdate,
+    AttemptFinish, AttemptRecord, AttemptStart, Control, Event, JobFinish, JobOutcome, Lease,
+    StepUpdate,
 };
 use crate::sqlite::claims::control_parse;
 use crate::sqlite::rows::item_to_column;
@@ -160,6 +161,15 @@ pub(crate) async fn attempt_record(
     finish: &AttemptFinish,
 ) -> Result<i64, StoreError> {
     lease_check(tx, &start.lease).await?;
+    attempt_record_leased(tx, start, finish).await
+}
+
+/// Records a whole attempt once the caller has checked its lease.
+async fn attempt_record_leased(
+    tx: &mut PgTx<'_>,
+    start: &AttemptStart,
+    finish: &AttemptFinish,
+) -> Result<i64, StoreError> {
     let job_id = &start.lease.job_id;
     let item = item_to_column(start.item);
     let number = i64::from(start.number);
@@ -276,19 +286,35 @@ pub(crate) async fn attempts_record(
     tx: &mut PgTx<'_>,
     records: &[AttemptRecord],
 ) -> Result<Option<Control>, StoreError> {
-    for record in records {
-        attempt_record(tx, &record.start, &record.finish).await?;
-    }
+    attempts_record_leased(tx, records, None).await?;
     match records.last() {
         Some(record) => control_read(tx, &record.start.lease.job_id).await,
         None => Ok(None),
     }
 }
 
+/// Records whole attempts, skipping the lease check of those whose lease is `checked`.
+async fn attempts_record_leased<'r>(
+    tx: &mut PgTx<'_>,
+    records: &'r [AttemptRecord],
+    mut checked: Option<&'r Lease>,
+) -> Result<(), StoreError> {
+    for record in records {
+        let lease = &record.start.lease;
+        if checked != Some(lease) || record.finish.lease != *lease {
+            lease_check(tx, lease).await?;
+            lease_check(tx, &record.finish.lease).await?;
+            checked = Some(lease);
+        }
+        attempt_record_leased(tx, &record.start, &record.finish).await?;
+    }
+    Ok(())
+}
+
 /// Ends the worker's lease on a job and moves the job as `finish.outcome` requests.
 pub(crate) async fn job_finish(tx: &mut PgTx<'_>, finish: &JobFinish) -> Result<(), StoreError> {
-    attempts_record(tx, &finish.attempts).await?;
     lease_check(tx, &finish.lease).await?;
+    attempts_record_leased(tx, &finish.attempts, Some(&finish.lease)).await?;
     let job_id = finish.lease.job_id.as_str();
     let head = job_head(tx, job_id)
         .await?
