@@ -55,7 +55,7 @@ pub(crate) struct Shared {
     handoff: Mutex<Option<mpsc::UnboundedSender<ClaimedJob>>>,
     /// Job slots in use: one for each job this engine holds, from the claim that takes it until
     /// its runner ends, plus the slots of claims in flight. Never above `config.jobs_max`.
-    taken: AtomicUsize,
+    slots_used: AtomicUsize,
 }
 
 /// A job held by this engine: its lease, and the channel that signals its runner.
@@ -89,7 +89,7 @@ impl Engine {
             parsed: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             handoff: Mutex::new(None),
-            taken: AtomicUsize::new(0),
+            slots_used: AtomicUsize::new(0),
         };
         Engine {
             shared: Arc::new(shared),
@@ -347,19 +347,19 @@ impl Shared {
     /// taking in one atomic step keeps concurrent claims from passing `jobs_max` together.
     fn slots_take(&self, requested: usize) -> usize {
         let jobs_max = self.config.jobs_max;
-        let mut taken = 0;
+        let mut granted = 0;
         let _ = self
-            .taken
+            .slots_used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
-                taken = jobs_max.saturating_sub(current).min(requested);
-                Some(current + taken)
+                granted = jobs_max.saturating_sub(current).min(requested);
+                Some(current + granted)
             });
-        taken
+        granted
     }
 
     /// Returns job slots that a claim took and did not fill.
     fn slots_give_back(&self, count: usize) {
-        self.taken.fetch_sub(count, Ordering::AcqRel);
+        self.slots_used.fetch_sub(count, Ordering::AcqRel);
     }
 
     /// Takes up to `requested` job slots for a submit that claims in its insert, or returns

@@ -700,7 +700,7 @@ impl JobRunner {
     /// Starts an attempt as a child task. Before an attempt that is not instant, the records kept
     /// so far are written, so that its events follow theirs.
     async fn spawn_attempt(&mut self, index: usize, item: Option<u32>) -> Result<(), Stop> {
-        // The scope holds every output so far, so it is lent to the plan instead of copied for
+        // The scope contains every output so far, so it is lent to the plan instead of copied for
         // each attempt: a copy per item made a large fan-out quadratic.
         let mut scope = std::mem::take(&mut self.scope);
         if let Some(position) = item {

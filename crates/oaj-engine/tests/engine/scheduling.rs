@@ -228,17 +228,17 @@ async fn concurrent_submits_respect_jobs_max() {
             engine.job_submit(submit).await.expect("job accepted")
         });
     }
-    let mut most_running = 0;
+    let mut max_running = 0;
     loop {
         let counts = harness.engine.store().job_counts().await.unwrap();
         let count = |state| counts.get(&state).copied().unwrap_or(0);
-        most_running = most_running.max(count(JobState::Running));
+        max_running = max_running.max(count(JobState::Running));
         if submits.is_empty() && count(JobState::Completed) == 41 {
             break;
         }
         while submits.try_join_next().is_some() {}
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    assert!(most_running <= 2, "{most_running} jobs ran at once");
-    assert!(most_running >= 1);
+    assert!(max_running <= 2, "{max_running} jobs ran at once");
+    assert!(max_running >= 1);
 }

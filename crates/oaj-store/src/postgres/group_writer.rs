@@ -10,8 +10,8 @@
 //!
 //! A call that PostgreSQL aborts because of a deadlock or a serialization failure runs again in
 //! the next group. Such a cycle needs two groups, in different processes, that lock each other's
-//! rows, such as the dependents of jobs that both finish; a transaction per call could not
-//! build it because each locked one job and then its dependents.
+//! rows, such as the dependents of jobs that both finish. A transaction per call could not build
+//! it, because each locked one job and then its dependents.
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};

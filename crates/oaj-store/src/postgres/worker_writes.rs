@@ -174,6 +174,7 @@ async fn attempt_record_leased(
     let item = item_to_column(start.item);
     let number = i64::from(start.number);
     let output = finish.output.as_ref().map(|output| output.to_string());
+
     let attempt_params: Params<'_> = &[
         job_id,
         &start.step_id,
@@ -206,12 +207,14 @@ async fn attempt_record_leased(
         &finish.completion_tokens,
         &finish.now,
     ];
+
     let db = tx.db();
     let (id, _, _) = tokio::try_join!(
         db.query_value::<i64>(INSERT_ATTEMPT_ENDED, attempt_params),
         db.execute(UPSERT_STEP_AFTER_ATTEMPT, step_params),
         db.execute(UPDATE_JOB_TOKENS, tokens_params),
     )?;
+
     tx.event_add(attempt_started_event(start));
     tx.event_add(attempt_ended_event(finish, start.number));
     Ok(id)
