@@ -17,7 +17,7 @@ const SELECT_QUEUED_AMONG: &str = "SELECT id FROM jobs WHERE state = 'queued'
     AND id IN (SELECT value FROM json_each(?2)) ORDER BY claim_key, id LIMIT ?1";
 // The claimed job is read back with a second statement instead of RETURNING, for which SQLite
 // builds a temporary table on every call.
-const UPDATE_CLAIM: &str = "UPDATE jobs SET state = 'running', lease_owner = ?2,
+pub(crate) const UPDATE_CLAIM: &str = "UPDATE jobs SET state = 'running', lease_owner = ?2,
     lease_token = lease_token + 1, lease_expires_at = ?3, started_at = COALESCE(started_at, ?4),
     updated_at = ?4, control = NULL WHERE id = ?1 AND state = 'queued'";
 const SELECT_LEASE: &str = "SELECT lease_token, state FROM jobs WHERE id = ?1";

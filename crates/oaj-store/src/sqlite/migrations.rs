@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_workers.sql"),
     include_str!("../../migrations/0003_job_list_created.sql"),
+    include_str!("../../migrations/0004_jobs_finished_not_null.sql"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -87,5 +88,66 @@ mod tests {
             .collect();
         assert_eq!(plan.len(), 1, "{plan:?}");
         assert!(plan[0].contains("INDEX jobs_queued"), "{plan:?}");
+    }
+
+    /// Opens a migrated file and returns the opcodes SQLite compiles `sql` to.
+    fn opcodes(sql: &str) -> Vec<String> {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let path = folder.path().join("oaj.db");
+        let mut conn = connection::open_writer(&path, Duration::from_secs(1)).expect("open");
+        migrate(&mut conn, &path).expect("migrate");
+        let mut statement = conn
+            .prepare(&format!("EXPLAIN {sql}"))
+            .expect("the statement prepares");
+        // EXPLAIN does not run the program, so NULL for every parameter is enough.
+        let nulls = vec![rusqlite::types::Null; statement.parameter_count()];
+        let opcodes = statement
+            .query_map(rusqlite::params_from_iter(nulls), |row| row.get(1))
+            .expect("the program lists")
+            .map(|opcode| opcode.expect("an opcode"))
+            .collect();
+        opcodes
+    }
+
+    #[test]
+    fn job_updates_build_no_temporary_btree() {
+        for sql in [
+            crate::sqlite::job_moves::UPDATE_MOVE,
+            crate::sqlite::claims::UPDATE_CLAIM,
+        ] {
+            let opcodes = opcodes(sql);
+            assert!(opcodes.iter().any(|op| op == "IdxInsert"), "{opcodes:?}");
+            assert!(
+                !opcodes.iter().any(|op| op == "OpenEphemeral"),
+                "{sql}: {opcodes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pruning_reads_finished_index() {
+        let sql = format!(
+            "EXPLAIN QUERY PLAN {}",
+            crate::sqlite::maintenance::DELETE_EXPIRED
+        );
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let path = folder.path().join("oaj.db");
+        let mut conn = connection::open_writer(&path, Duration::from_secs(1)).expect("open");
+        migrate(&mut conn, &path).expect("migrate");
+        let plan: Vec<String> = conn
+            .prepare(&sql)
+            .expect("the pruning prepares")
+            .query_map([0, 100], |row| row.get(3))
+            .expect("the plan runs")
+            .map(|step| step.expect("a plan step"))
+            .collect();
+        assert!(
+            plan.iter().any(|step| step.contains("INDEX jobs_finished")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
     }
 }
