@@ -311,7 +311,7 @@ impl Store for SqliteStore {
         finish: AttemptFinish,
     ) -> Result<i64, StoreError> {
         self.writer
-            .write(move |tx| worker_writes::attempt_record(tx, &start, finish))
+            .write(move |tx| worker_writes::attempt_record(tx, &start, finish.clone()))
             .await
     }
 

@@ -3,9 +3,11 @@
 //!
 //! SQLite allows one writer at a time, and each commit costs a sync of the log. Running every
 //! request that is waiting in one transaction pays that sync once for the group, which is what
-//! keeps inserts and claims fast. Each request runs inside its own savepoint, so a request that
-//! fails (a lost lease, a conflict) rolls back only its own changes. Replies and events go out
-//! only after the commit, so a caller never sees a change that could still be lost.
+//! keeps inserts and claims fast. A request that fails (a lost lease, a conflict) leaves no
+//! change behind, and the others in its group stay. Most requests fail before they write. When
+//! one fails after writing, the group runs again with a savepoint per request (see `run_group`).
+//! Replies and events go out only after the commit, so a caller never sees a change that could
+//! still be lost.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -26,14 +28,54 @@ const BATCH_MAX: usize = 1024;
 /// Requests that may wait for the writer before senders are held back.
 const QUEUE_CAPACITY: usize = 8192;
 
+/// Groups that run with a savepoint per request after a group had to run again, so that a burst
+/// of requests that fail after writing does not make every group run twice.
+const GUARDED_GROUPS: u32 = 16;
+
 const UPDATE_COUNT: &str = "UPDATE job_counts SET count = count + ?2 WHERE state = ?1";
 
-/// The reply of a request, called once the outcome of the commit is known.
-type Reply = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+/// A write request. It runs against the open transaction, possibly more than once (see
+/// [`run_group`]), and replies once the outcome of the commit is known.
+trait Request: Send {
+    /// Runs the request and keeps its result. Returns whether it succeeded.
+    fn run(&mut self, tx: &mut WriteTx<'_>) -> bool;
 
-/// A write request. It runs against the open transaction, or gets `None` when no transaction
-/// could begin, and then only prepares its reply.
-type Request = Box<dyn FnOnce(Option<&mut WriteTx<'_>>) -> (bool, Reply) + Send>;
+    /// Sends the result of the last run once the transaction committed, or the error that ended
+    /// the transaction.
+    fn reply(self: Box<Self>, commit: Result<(), &StoreError>);
+}
+
+/// A request made by [`Writer::write`]: the operation, the result of its last run, and the
+/// channel to the caller.
+struct Call<T, F> {
+    op: F,
+    result: Option<Result<T, StoreError>>,
+    reply_to: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Request for Call<T, F>
+where
+    T: Send,
+    F: FnMut(&mut WriteTx<'_>) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, tx: &mut WriteTx<'_>) -> bool {
+        let result = (self.op)(tx);
+        let is_ok = result.is_ok();
+        self.result = Some(result);
+        is_ok
+    }
+
+    fn reply(self: Box<Self>, commit: Result<(), &StoreError>) {
+        let outcome = match (commit, self.result) {
+            (Ok(()), Some(result)) => result,
+            (Ok(()), None) => unreachable!("a request that did not run is never committed"),
+            (Err(error), _) => Err(copy_error(error)),
+        };
+        // The send fails only when the caller's task was cancelled. The change is committed
+        // either way, so no receiver remains to report it to.
+        let _ = self.reply_to.send(outcome);
+    }
+}
 
 /// The open transaction given to one request: the connection, plus the events and wake-ups to
 /// publish if the transaction commits.
@@ -63,7 +105,7 @@ impl WriteTx<'_> {
 
 /// The sending side of the writer, shared by every caller.
 pub(crate) struct Writer {
-    sender: Option<mpsc::Sender<Request>>,
+    sender: Option<mpsc::Sender<Box<dyn Request>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -90,30 +132,23 @@ impl Writer {
     /// Runs `op` in the next write transaction and returns its result once the transaction has
     /// committed. When `op` fails, its changes are rolled back and the others in the group stay.
     ///
+    /// `op` may run more than once, each time in a transaction that was rolled back before the
+    /// next, so it must not change anything outside the transaction that a second run would not
+    /// set again.
+    ///
     /// Panics when `op` panics, because that is a broken invariant such as an illegal state move.
     /// The writer rolls that request back and keeps serving the others.
     pub(crate) async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&mut WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply_to, reply) = oneshot::channel();
-        let request: Request = Box::new(move |tx: Option<&mut WriteTx<'_>>| {
-            let result = tx.map(op);
-            let is_ok = matches!(result, Some(Ok(_)));
-            let send: Reply = Box::new(move |commit: Result<(), &StoreError>| {
-                let outcome = match (commit, result) {
-                    (Ok(()), Some(result)) => result,
-                    (Ok(()), None) => unreachable!("a request that did not run is never committed"),
-                    (Err(error), _) => Err(copy_error(error)),
-                };
-                // The send fails only when the caller's task was cancelled. The change is committed
-                // either way, so no receiver remains to report it to.
-                let _ = reply_to.send(outcome);
-            });
-            (is_ok, send)
+        let request = Box::new(Call {
+            op,
+            result: None,
+            reply_to,
         });
-
         let sender = self.sender.as_ref().ok_or(StoreError::Closed)?;
         sender.send(request).await.map_err(|_| StoreError::Closed)?;
         match reply.await {
@@ -135,9 +170,10 @@ impl Drop for Writer {
     }
 }
 
-fn run(conn: Connection, mut receiver: mpsc::Receiver<Request>, publish: Publish) {
-    let mut group = Vec::with_capacity(BATCH_MAX);
+fn run(conn: Connection, mut receiver: mpsc::Receiver<Box<dyn Request>>, publish: Publish) {
+    let mut guarded_left = 0;
     while let Some(first) = receiver.blocking_recv() {
+        let mut group = Vec::with_capacity(BATCH_MAX);
         group.push(first);
         while group.len() < BATCH_MAX {
             match receiver.try_recv() {
@@ -145,74 +181,140 @@ fn run(conn: Connection, mut receiver: mpsc::Receiver<Request>, publish: Publish
                 Err(_) => break,
             }
         }
-        run_group(&conn, group.drain(..), &publish);
+        if guarded_left == 0 {
+            match run_group(&conn, group, &publish, Guard::None) {
+                None => continue,
+                Some(again) => {
+                    group = again;
+                    guarded_left = GUARDED_GROUPS;
+                }
+            }
+        }
+        guarded_left -= 1;
+        let again = run_group(&conn, group, &publish, Guard::Savepoint);
+        assert!(again.is_none(), "a guarded group never asks to run again");
     }
 }
 
+/// The protection that each request of a group gets from the failures of the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// Requests run without savepoints. A request that fails after it changed a row makes the
+    /// whole group roll back and run again with [`Guard::Savepoint`].
+    None,
+    /// Each request runs in its own savepoint, and one that fails rolls back alone.
+    Savepoint,
+}
+
+/// The result of running one request of a group.
+enum Ran {
+    /// It ran and its reply waits for the commit. A request that failed without changing
+    /// anything has nothing to publish.
+    Done(Outcome),
+    /// It panicked, and its changes were rolled back. It gets no reply, so its caller panics.
+    Panicked,
+    /// It failed after changing rows, which only a rollback of the whole group undoes.
+    Undo,
+}
+
 /// Runs one group of requests in one transaction, then replies and publishes.
-fn run_group(conn: &Connection, group: impl Iterator<Item = Request>, publish: &Publish) {
+///
+/// Savepoints cost a copy of every page a request changes, for each request, which was about a
+/// tenth of the writer's time in a drain. Requests rarely fail, and most that do (a lost lease, a
+/// finished attempt) fail in their checks before they write. So groups run with
+/// [`Guard::None`], and a failure is checked with SQLite's count of changed rows: a request that
+/// failed without changing any row needs no undo. Returns the group, to run again with
+/// [`Guard::Savepoint`], when a request failed after it changed rows.
+fn run_group(
+    conn: &Connection,
+    mut group: Vec<Box<dyn Request>>,
+    publish: &Publish,
+    guard: Guard,
+) -> Option<Vec<Box<dyn Request>>> {
     if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
         let error = StoreError::from(error);
         tracing::error!(error = %error, "cannot begin a write transaction");
         for request in group {
-            let (_, reply) = request(None);
-            reply(Err(&error));
+            request.reply(Err(&error));
         }
-        return;
+        return None;
     }
 
-    let mut replies = Vec::new();
+    let mut ran = Vec::with_capacity(group.len());
+    let mut broken = None;
+    for request in &mut group {
+        let result = match guard {
+            Guard::None => run_unguarded(conn, request.as_mut()),
+            Guard::Savepoint => run_in_savepoint(conn, request.as_mut()),
+        };
+        match result {
+            Ok(Ran::Undo) => {
+                // SQLite may have rolled the transaction back already, making this ROLLBACK fail
+                // too. The group runs again either way.
+                let _ = conn.execute_batch("ROLLBACK");
+                return Some(group);
+            }
+            Ok(outcome) => ran.push(outcome),
+            Err(error) => {
+                broken = Some(error);
+                break;
+            }
+        }
+    }
     let mut events = Vec::new();
     let mut counts = CountChanges::new();
     let mut wakes_workers = false;
-    let mut broken = None;
-    for request in group {
-        if broken.is_some() {
-            let (_, reply) = request(None);
-            replies.push(reply);
-            continue;
-        }
-        match run_request(conn, request) {
-            Ok(Some((reply, outcome))) => {
-                events.extend(outcome.events);
-                for (state, delta) in outcome.counts {
-                    *counts.entry(state).or_default() += delta;
-                }
-                wakes_workers |= outcome.wakes_workers;
-                replies.push(reply);
+    for outcome in &mut ran {
+        if let Ran::Done(outcome) = outcome {
+            events.append(&mut outcome.events);
+            for (state, delta) in &outcome.counts {
+                *counts.entry(*state).or_default() += delta;
             }
-            Ok(None) => {}
-            Err(error) => broken = Some(error),
+            wakes_workers |= outcome.wakes_workers;
         }
     }
     if broken.is_none() {
         broken = counts_write(conn, &counts).err();
     }
-    if let Some(error) = broken {
-        tracing::error!(error = %error, "write transaction broke; rolling the whole group back");
-        // SQLite may have rolled the transaction back already, making this ROLLBACK fail too.
-        let _ = conn.execute_batch("ROLLBACK");
-        for reply in replies {
-            reply(Err(&error));
+    let commit = match broken {
+        Some(error) => {
+            tracing::error!(error = %error, "write transaction broke; rolling the whole group back");
+            // SQLite may have rolled the transaction back already, making this ROLLBACK fail too.
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(error)
         }
-        return;
+        None => commit(conn),
+    };
+    reply_all(group, &ran, commit.as_ref().map(|_| ()));
+    if commit.is_ok() {
+        publish_events(publish, events, wakes_workers);
     }
+    None
+}
 
-    if let Err(error) = conn.execute_batch("COMMIT") {
-        let error = StoreError::from(error);
-        tracing::error!(error = %error, "cannot commit a write transaction");
-        // A failed COMMIT can leave the transaction open; end it so that the next one can begin.
-        // Its own error adds nothing to the one already reported.
-        let _ = conn.execute_batch("ROLLBACK");
-        for reply in replies {
-            reply(Err(&error));
+/// Commits the open transaction.
+fn commit(conn: &Connection) -> Result<(), StoreError> {
+    let Err(error) = conn.execute_batch("COMMIT") else {
+        return Ok(());
+    };
+    let error = StoreError::from(error);
+    tracing::error!(error = %error, "cannot commit a write transaction");
+    // A failed COMMIT can leave the transaction open; end it so that the next one can begin.
+    // Its own error adds nothing to the one already reported.
+    let _ = conn.execute_batch("ROLLBACK");
+    Err(error)
+}
+
+/// Replies to each request of a group with the outcome of its transaction. A request that
+/// panicked gets no reply; one that never ran (the transaction broke first) gets the error.
+fn reply_all(group: Vec<Box<dyn Request>>, ran: &[Ran], commit: Result<(), &StoreError>) {
+    for (index, request) in group.into_iter().enumerate() {
+        match ran.get(index) {
+            Some(Ran::Panicked) => drop(request),
+            Some(Ran::Done(_)) | None => request.reply(commit),
+            Some(Ran::Undo) => unreachable!("a group with an undo is run again"),
         }
-        return;
     }
-    for reply in replies {
-        reply(Ok(()));
-    }
-    publish_events(publish, events, wakes_workers);
 }
 
 /// The events and wake-ups of a successful request, published after the commit, and its
@@ -221,6 +323,16 @@ struct Outcome {
     events: Vec<Event>,
     wakes_workers: bool,
     counts: CountChanges,
+}
+
+impl Outcome {
+    fn nothing() -> Outcome {
+        Outcome {
+            events: Vec::new(),
+            wakes_workers: false,
+            counts: CountChanges::new(),
+        }
+    }
 }
 
 /// Writes the group's changes to the job counters, one statement per state that changed, so
@@ -235,46 +347,63 @@ fn counts_write(conn: &Connection, counts: &CountChanges) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Runs one request in its own savepoint and keeps its changes only when it succeeds.
-///
-/// Returns `Ok(None)` when the request panicked: its reply is dropped, which makes its caller
-/// panic in turn. Returns an error when a savepoint fails, which means SQLite ended the whole
-/// transaction (for example on a full disk), so no request of the group may report success.
-fn run_request(
-    conn: &Connection,
-    request: Request,
-) -> Result<Option<(Reply, Outcome)>, StoreError> {
-    run_cached(conn, "SAVEPOINT request")?;
+/// Runs one request with a new [`WriteTx`]. Returns whether it succeeded, or `None` when it
+/// panicked, with what it left to publish.
+fn run_once(conn: &Connection, request: &mut dyn Request) -> (Option<bool>, Outcome) {
     let mut tx = WriteTx {
         conn,
         events: Vec::new(),
         wakes_workers: false,
         counts: CountChanges::new(),
     };
-    let ran = catch_unwind(AssertUnwindSafe(|| request(Some(&mut tx))));
-    let (is_ok, reply) = match ran {
-        Ok(ran) => ran,
-        Err(_) => {
-            rollback_request(conn)?;
-            return Ok(None);
-        }
-    };
-    if !is_ok {
-        rollback_request(conn)?;
-        let nothing = Outcome {
-            events: Vec::new(),
-            wakes_workers: false,
-            counts: CountChanges::new(),
-        };
-        return Ok(Some((reply, nothing)));
-    }
-    run_cached(conn, "RELEASE request")?;
+    let ran = catch_unwind(AssertUnwindSafe(|| request.run(&mut tx))).ok();
     let outcome = Outcome {
         events: tx.events,
         wakes_workers: tx.wakes_workers,
         counts: tx.counts,
     };
-    Ok(Some((reply, outcome)))
+    (ran, outcome)
+}
+
+/// Runs one request without a savepoint (see [`run_group`]).
+fn run_unguarded(conn: &Connection, request: &mut dyn Request) -> Result<Ran, StoreError> {
+    let changes_before = conn.total_changes();
+    let (ran, outcome) = run_once(conn, request);
+    if ran == Some(true) {
+        return Ok(Ran::Done(outcome));
+    }
+    // A failed statement undoes its own partial changes before it returns, and an error that
+    // SQLite cannot undo that way ends the whole transaction.
+    if conn.total_changes() != changes_before || conn.is_autocommit() {
+        return Ok(Ran::Undo);
+    }
+    Ok(match ran {
+        Some(_) => Ran::Done(Outcome::nothing()),
+        None => Ran::Panicked,
+    })
+}
+
+/// Runs one request in its own savepoint and keeps its changes only when it succeeds.
+///
+/// Returns an error when a savepoint fails, which means SQLite ended the whole transaction (for
+/// example on a full disk), so no request of the group may report success.
+fn run_in_savepoint(conn: &Connection, request: &mut dyn Request) -> Result<Ran, StoreError> {
+    run_cached(conn, "SAVEPOINT request")?;
+    let (ran, outcome) = run_once(conn, request);
+    match ran {
+        Some(true) => {
+            run_cached(conn, "RELEASE request")?;
+            Ok(Ran::Done(outcome))
+        }
+        Some(false) => {
+            rollback_request(conn)?;
+            Ok(Ran::Done(Outcome::nothing()))
+        }
+        None => {
+            rollback_request(conn)?;
+            Ok(Ran::Panicked)
+        }
+    }
 }
 
 /// Undoes the changes of the request in the open savepoint and ends the savepoint.
@@ -307,5 +436,178 @@ fn publish_events(publish: &Publish, events: Vec<Event>, wakes_workers: bool) {
     if wakes_workers {
         publish.notify.notify_waiters();
         publish.notify.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    /// Starts a writer on a new file with one table of numbers, and returns it with the path.
+    fn writer_on_table() -> (Arc<Writer>, tempfile::TempDir, std::path::PathBuf) {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let path = folder.path().join("oaj.db");
+        let conn = super::super::connection::open_writer(&path, Duration::from_secs(1))
+            .expect("open the writer");
+        conn.execute_batch("CREATE TABLE numbers (n INTEGER NOT NULL)")
+            .expect("create the table");
+        let (events, _) = broadcast::channel(16);
+        let publish = Publish {
+            events,
+            notify: Arc::new(Notify::new()),
+        };
+        let writer = Writer::start(conn, publish).expect("start the writer");
+        (Arc::new(writer), folder, path)
+    }
+
+    fn numbers(path: &std::path::Path) -> Vec<i64> {
+        let conn = Connection::open(path).expect("open to read");
+        let mut statement = conn
+            .prepare("SELECT n FROM numbers ORDER BY n")
+            .expect("prepare");
+        let numbers = statement
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .map(|n| n.expect("a number"))
+            .collect();
+        numbers
+    }
+
+    fn insert(tx: &WriteTx<'_>, n: i64) -> Result<(), StoreError> {
+        tx.conn
+            .execute("INSERT INTO numbers (n) VALUES (?1)", [n])?;
+        Ok(())
+    }
+
+    /// Sends `op` to the writer from a new task and waits until it is queued, so that requests
+    /// sent one after another queue in that order.
+    async fn send<F>(writer: &Arc<Writer>, op: F) -> JoinHandle<Result<(), StoreError>>
+    where
+        F: FnMut(&mut WriteTx<'_>) -> Result<(), StoreError> + Send + 'static,
+    {
+        let sender = writer.sender.clone().expect("the writer is open");
+        let queued = sender.max_capacity() - sender.capacity();
+        let task = {
+            let writer = Arc::clone(writer);
+            tokio::spawn(async move { writer.write(op).await })
+        };
+        while sender.max_capacity() - sender.capacity() == queued {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        task
+    }
+
+    /// Holds the writer in a request until the returned sender is used, so that the requests
+    /// sent meanwhile form the next group.
+    async fn hold(
+        writer: &Arc<Writer>,
+    ) -> (
+        JoinHandle<Result<(), StoreError>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = oneshot::channel();
+        let mut started_tx = Some(started_tx);
+        let task = {
+            let writer = Arc::clone(writer);
+            tokio::spawn(async move {
+                writer
+                    .write(move |tx| {
+                        if let Some(started) = started_tx.take() {
+                            let _ = started.send(());
+                        }
+                        let _ = held.recv();
+                        insert(tx, 1)
+                    })
+                    .await
+            })
+        };
+        started.await.expect("the held request starts");
+        (task, release)
+    }
+
+    /// One group holds a request that fails after it wrote, one that panics after it wrote, one
+    /// that fails before it writes, and two that succeed. Only the changes of the two stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_requests_leave_no_change_in_a_shared_group() {
+        let (writer, _folder, path) = writer_on_table();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (held, release) = hold(&writer).await;
+
+        let counted = Arc::clone(&runs);
+        let first = send(&writer, move |tx| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            insert(tx, 2)
+        })
+        .await;
+        let fails_after_write = send(&writer, |tx| {
+            insert(tx, 3)?;
+            Err(StoreError::JobNotFound("after a write".to_owned()))
+        })
+        .await;
+        let panics_after_write = send(&writer, |tx| {
+            insert(tx, 4)?;
+            panic!("a broken invariant after a write")
+        })
+        .await;
+        let fails_before_write = send(&writer, |_tx| {
+            Err(StoreError::JobNotFound("before a write".to_owned()))
+        })
+        .await;
+        let counted = Arc::clone(&runs);
+        let last = send(&writer, move |tx| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            insert(tx, 5)
+        })
+        .await;
+        release.send(()).expect("the held request waits");
+
+        held.await
+            .expect("no panic")
+            .expect("the held request commits");
+        first.await.expect("no panic").expect("the first commits");
+        last.await.expect("no panic").expect("the last commits");
+        let error = fails_after_write.await.expect("no panic").unwrap_err();
+        assert!(matches!(error, StoreError::JobNotFound(_)), "{error:?}");
+        let error = fails_before_write.await.expect("no panic").unwrap_err();
+        assert!(matches!(error, StoreError::JobNotFound(_)), "{error:?}");
+        assert!(panics_after_write.await.unwrap_err().is_panic());
+
+        assert_eq!(numbers(&path), vec![1, 2, 5]);
+        // The request before the failure ran without savepoints, then again with them; the one
+        // after it ran only with them.
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+
+    /// A request that fails before writing leaves the rest of its group as it ran.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failure_before_writing_runs_group_once() {
+        let (writer, _folder, path) = writer_on_table();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (held, release) = hold(&writer).await;
+        let fails = send(&writer, |_tx| {
+            Err(StoreError::JobNotFound("before a write".to_owned()))
+        })
+        .await;
+        let counted = Arc::clone(&runs);
+        let ok = send(&writer, move |tx| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            insert(tx, 2)
+        })
+        .await;
+        release.send(()).expect("the held request waits");
+
+        held.await
+            .expect("no panic")
+            .expect("the held request commits");
+        ok.await.expect("no panic").expect("the request commits");
+        assert!(fails.await.expect("no panic").is_err());
+        assert_eq!(numbers(&path), vec![1, 2]);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 }
