@@ -4,19 +4,27 @@ use oaj_core::{transition, JobState, Transition};
 use rusqlite::{params, Connection};
 use serde_json::json;
 
-use super::job_reads::{job_get, step_run_list};
-use super::rows::{query_all, query_first};
+use super::job_reads::step_run_list;
+use super::rows::{job_columns, job_from_row, query_all, query_first};
 use super::workflows::WorkflowCache;
 use super::writer::WriteTx;
 use crate::error::StoreError;
-use crate::model::{ClaimParams, ClaimedJob, Control, Lease, LeaseExtend, LeaseStatus};
+use crate::model::{ClaimParams, ClaimedJob, Control, Job, Lease, LeaseExtend, LeaseStatus};
 
-const SELECT_QUEUED: &str =
-    "SELECT id FROM jobs WHERE state = 'queued' ORDER BY claim_key, id LIMIT ?1";
-const SELECT_QUEUED_AMONG: &str = "SELECT id FROM jobs WHERE state = 'queued'
-    AND id IN (SELECT value FROM json_each(?2)) ORDER BY claim_key, id LIMIT ?1";
-// The claimed job is read back with a second statement instead of RETURNING, for which SQLite
-// builds a temporary table on every call.
+// The claim reads whole rows and applies the changes of UPDATE_CLAIM to them in memory
+// (`claimed_row`). Reading each claimed job back after its update cost one more statement and one
+// more lookup by id for every job, and RETURNING would build a temporary table on every call.
+const SELECT_QUEUED: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE state = 'queued' ORDER BY claim_key, id LIMIT ?1"
+);
+const SELECT_QUEUED_AMONG: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE state = 'queued' AND id IN (SELECT value FROM json_each(?2))
+    ORDER BY claim_key, id LIMIT ?1"
+);
 pub(crate) const UPDATE_CLAIM: &str = "UPDATE jobs SET state = 'running', lease_owner = ?2,
     lease_token = lease_token + 1, lease_expires_at = ?3, started_at = COALESCE(started_at, ?4),
     updated_at = ?4, control = NULL WHERE id = ?1 AND state = 'queued'";
@@ -31,21 +39,20 @@ pub(crate) fn job_claim(
     params: &ClaimParams,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
     transition(JobState::Queued, Transition::Claim).expect("queued jobs can be claimed");
-    let read_id = |row: &rusqlite::Row<'_>| Ok(row.get::<_, String>(0)?);
-    let ids = if params.job_ids.is_empty() {
-        query_all(tx.conn, SELECT_QUEUED, [params.limit], read_id)?
+    let jobs = if params.job_ids.is_empty() {
+        query_all(tx.conn, SELECT_QUEUED, [params.limit], job_from_row)?
     } else {
         let among = serde_json::to_string(&params.job_ids).expect("strings serialize");
         query_all(
             tx.conn,
             SELECT_QUEUED_AMONG,
             params![params.limit, among],
-            read_id,
+            job_from_row,
         )?
     };
-    let mut claimed = Vec::with_capacity(ids.len());
-    for id in ids {
-        claimed.push(claim_one(tx, cache, params, &id)?);
+    let mut claimed = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        claimed.push(claim_one(tx, cache, params, job)?);
     }
     let count = i64::try_from(claimed.len()).expect("a claim returns few jobs");
     tx.count_add(JobState::Queued, -count);
@@ -57,8 +64,9 @@ fn claim_one(
     tx: &mut WriteTx<'_>,
     cache: &WorkflowCache,
     params: &ClaimParams,
-    id: &str,
+    queued: Job,
 ) -> Result<ClaimedJob, StoreError> {
+    let id = queued.id.as_str();
     let expires_at = params.now + params.lease_ms;
     let changed = tx.conn.prepare_cached(UPDATE_CLAIM)?.execute(params![
         id,
@@ -70,7 +78,10 @@ fn claim_one(
         changed, 1,
         "job {id} was read as queued inside this transaction"
     );
-    let job = job_get(tx.conn, id)?.expect("the job was updated just before");
+    // Step runs are written only under a lease, so a job that never started has none.
+    let has_run = queued.started_at.is_some();
+    let job = claimed_row(queued, params);
+    let id = job.id.as_str();
     let workflow = cache
         .get(tx.conn, &job.workflow_id, &job.workflow_version)?
         .ok_or_else(|| {
@@ -79,7 +90,11 @@ fn claim_one(
                 job.workflow_id, job.workflow_version
             ))
         })?;
-    let steps = step_run_list(tx.conn, id)?;
+    let steps = if has_run {
+        step_run_list(tx.conn, id)?
+    } else {
+        Vec::new()
+    };
 
     let data = json!({ "worker_id": params.worker_id, "token": job.lease_token });
     tx.job_event("job.running".to_owned(), id, data, params.now)?;
@@ -93,6 +108,18 @@ fn claim_one(
         lease,
         steps,
     })
+}
+
+/// Returns the row of a queued job as UPDATE_CLAIM leaves it.
+fn claimed_row(mut job: Job, params: &ClaimParams) -> Job {
+    job.state = JobState::Running;
+    job.lease_owner = Some(params.worker_id.clone());
+    job.lease_token += 1;
+    job.lease_expires_at = Some(params.now + params.lease_ms);
+    job.started_at = Some(job.started_at.unwrap_or(params.now));
+    job.updated_at = params.now;
+    job.control = None;
+    job
 }
 
 /// Checks that `lease` is the job's current lease and the job is running (fencing).

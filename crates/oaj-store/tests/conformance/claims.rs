@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use oaj_core::{JobState, Priority};
-use oaj_store::{ClaimParams, JobNew, Store};
+use oaj_store::{ClaimParams, JobNew, JobOutcome, Store};
 
-use crate::support::{claim, insert, job, job_new, workflow_setup, LEASE_MS, T0};
+use crate::support::{claim, finish, insert, job, job_new, workflow_setup, LEASE_MS, T0};
 
 fn with_priority(priority: Priority, created_at: i64) -> JobNew {
     JobNew {
@@ -177,6 +177,44 @@ async fn insert_claim_failure_inserts_nothing(store: Arc<dyn Store>) {
     assert_eq!(counts.values().sum::<u64>(), 0, "{counts:?}");
 }
 
+/// The claimed job is the stored row after the claim: on a first claim, and on a second claim
+/// of a job that was released with a step run, which keeps its first start time.
+async fn claimed_job_matches_stored_row(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let id = insert(&store, job_new(T0)).await;
+    let first = claim(&store, "worker-1", 1, T0 + 5).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].job, job(&store, &id).await);
+
+    let update = oaj_store::StepUpdate {
+        lease: first[0].lease.clone(),
+        step_id: "s1".into(),
+        item: None,
+        state: oaj_store::StepState::Skipped,
+        output: None,
+        error: None,
+        items_total: None,
+        now: T0 + 6,
+    };
+    store
+        .step_update(update)
+        .await
+        .expect("the step update succeeds");
+    finish(&store, &first[0].lease, JobOutcome::Released, T0 + 7).await;
+
+    let second = claim(&store, "worker-2", 1, T0 + 9).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].job, job(&store, &id).await);
+    assert_eq!(second[0].job.started_at, Some(T0 + 5));
+    assert_eq!(second[0].job.lease_token, 2);
+    let steps: Vec<&str> = second[0]
+        .steps
+        .iter()
+        .map(|step| step.step_id.as_str())
+        .collect();
+    assert_eq!(steps, ["s1"]);
+}
+
 crate::store_tests!(
     insert_claim_takes_in_claim_order,
     insert_claim_failure_inserts_nothing,
@@ -187,4 +225,5 @@ crate::store_tests!(
     claim_skips_pending_jobs,
     claim_never_returns_job_twice,
     claim_limited_to_job_ids,
+    claimed_job_matches_stored_row,
 );
