@@ -59,7 +59,10 @@ where
     F: FnMut(&mut WriteTx<'_>) -> Result<T, StoreError> + Send,
 {
     fn run(&mut self, tx: &mut WriteTx<'_>) -> bool {
-        let result = (self.op)(tx);
+        let result = (self.op)(tx).and_then(|value| {
+            tx.events_write()?;
+            Ok(value)
+        });
         let is_ok = result.is_ok();
         self.result = Some(result);
         is_ok
@@ -83,6 +86,8 @@ pub(crate) struct WriteTx<'c> {
     /// The write connection, inside the group's transaction and this request's savepoint.
     pub(crate) conn: &'c Connection,
     pub(crate) events: Vec<Event>,
+    /// How many of `events`, from the start, are stored (see `WriteTx::events_write`).
+    pub(crate) events_written: usize,
     pub(crate) wakes_workers: bool,
     /// Changes to the job counters, written once for the whole group just before its commit.
     counts: CountChanges,
@@ -375,6 +380,7 @@ fn run_once(conn: &Connection, request: &mut dyn Request) -> (Option<bool>, Outc
     let mut tx = WriteTx {
         conn,
         events: Vec::new(),
+        events_written: 0,
         wakes_workers: false,
         counts: CountChanges::new(),
     };

@@ -83,6 +83,32 @@ async fn events_published_after_commit(store: Arc<dyn Store>) {
     assert_eq!(stored, [created, running]);
 }
 
+/// Requests that write many events at once (an insert and a claim of 45 jobs) publish each
+/// event with the sequence number it is stored under.
+async fn events_published_as_stored_in_bulk(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let mut subscriber = store.event_subscribe();
+    let jobs = (0..45).map(|n| job_new(T0 + n)).collect();
+    store.job_insert_many(jobs, None).await.unwrap();
+    let claimed = claim(&store, "worker-1", 45, T0 + 100).await;
+    assert_eq!(claimed.len(), 45);
+
+    let mut published = Vec::new();
+    for _ in 0..90 {
+        published.push(subscriber.recv().await.unwrap());
+    }
+    let stored = store
+        .event_list(EventFilter {
+            limit: 1000,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored, published);
+    let running = published.iter().filter(|event| event.kind == "job.running");
+    assert_eq!(running.count(), 45);
+}
+
 async fn failed_request_leaves_no_event(store: Arc<dyn Store>) {
     workflow_setup(&store).await;
     insert(&store, job_new(T0)).await;
@@ -129,6 +155,7 @@ crate::store_tests!(
     events_recorded_in_order,
     events_after_seq_and_limit,
     events_published_after_commit,
+    events_published_as_stored_in_bulk,
     failed_request_leaves_no_event,
     work_notify_wakes_on_insert,
 );
