@@ -28,12 +28,13 @@ pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connect
         });
     }
     configure(&conn).map_err(|e| open_error(path, e))?;
-    // Each request runs in a savepoint, whose sub-journal keeps the first copy of every page the
-    // request changes. With the default temp_store, SQLite moves a sub-journal to a temporary
-    // file once it passes 64 KiB (SQLITE_STMTJRNL_SPILL), and a claim of many jobs passes that.
-    // The writer then spent its time in file writes, and a 20,000-job drain ran about 40%
-    // slower. In memory the sub-journal contains at most the pages of one request, because it
-    // is emptied when the request's savepoint is released.
+    // A savepoint, and a statement that writes many rows under a foreign key, get a sub-journal
+    // that keeps the first copy of every page they change. With the default temp_store, SQLite
+    // moves a sub-journal to a temporary file once it passes 64 KiB (SQLITE_STMTJRNL_SPILL), and
+    // a claim of many jobs in a request's savepoint passes that. The writer then spent its time
+    // in file writes, and a 20,000-job drain ran about 40% slower. In memory a sub-journal
+    // contains at most the pages of one request, because it is emptied when the savepoint or
+    // statement ends.
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(|e| open_error(path, e))?;
     Ok(conn)
