@@ -133,7 +133,8 @@ pub(crate) async fn job_finish_many(
 }
 
 /// Locks the jobs whose lease is current and returns their priority ranks by job id, with the
-/// ids of the jobs that have unsettled dependents. Both statements go out in one round trip.
+/// ids of the jobs that have unsettled dependents. Both statements go out in one round trip, and
+/// the server runs them in the order sent.
 async fn leases_lock(
     tx: &PgTx<'_>,
     finishes: &[&JobFinish],
@@ -143,6 +144,11 @@ async fn leases_lock(
     let leased_params: Params<'_> = &[&job_ids, &tokens];
     let dependents_params: Params<'_> = &[&job_ids];
     let db = tx.db();
+    // The dependents must be read after the lock, so both statements are prepared first: one
+    // that still had to be prepared would be sent only after its preparation came back.
+    for sql in [SELECT_LEASED_MANY, SELECT_WITH_UNSETTLED_DEPENDENTS] {
+        db.prepare(sql).await?;
+    }
     let (leased_rows, with_dependents) = tokio::try_join!(
         db.query(SELECT_LEASED_MANY, leased_params),
         db.query(SELECT_WITH_UNSETTLED_DEPENDENTS, dependents_params),
