@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use oaj_core::{transition, JobState, Transition};
 use serde_json::json;
 
-use super::job_reads::step_run_list;
+use super::db::Params;
+use super::job_reads::step_run_list_many;
 use super::rows::{job_columns, job_from_row};
 use super::tx::PgTx;
 use super::workflows::WorkflowCache;
 use crate::error::StoreError;
-use crate::model::{ClaimParams, ClaimedJob, Job, Lease, LeaseExtend, LeaseStatus};
+use crate::model::{ClaimParams, ClaimedJob, Job, Lease, LeaseExtend, LeaseStatus, StepRun};
 use crate::sqlite::claims::control_parse;
 
 // SKIP LOCKED lets workers of many processes claim at once. Each claim passes over the rows that
@@ -19,10 +20,14 @@ const SELECT_QUEUED: &str = "SELECT id FROM jobs WHERE state = 'queued'
     ORDER BY claim_key, id LIMIT $1 FOR UPDATE SKIP LOCKED";
 const SELECT_QUEUED_AMONG: &str = "SELECT id FROM jobs WHERE state = 'queued'
     AND id = ANY($2::text[]) ORDER BY claim_key, id LIMIT $1 FOR UPDATE SKIP LOCKED";
+// The rows were locked while queued by the SELECT above, so they are still queued. The UPDATE
+// reaches each one through the primary key. With `id = ANY($1) AND state = 'queued'`, PostgreSQL
+// 15 read every queued job's entry of an index on state for each claim, so a claim slowed down
+// as the queue grew.
 const UPDATE_CLAIM: &str = concat!(
     "UPDATE jobs SET state = 'running', lease_owner = $2, lease_token = lease_token + 1,
     lease_expires_at = $3, started_at = COALESCE(started_at, $4), updated_at = $4,
-    control = NULL WHERE id = ANY($1::text[]) AND state = 'queued' RETURNING ",
+    control = NULL FROM unnest($1::text[]) AS c (claimed_id) WHERE id = c.claimed_id RETURNING ",
     job_columns!()
 );
 const SELECT_LEASE: &str = "SELECT lease_token, state FROM jobs WHERE id = $1 FOR NO KEY UPDATE";
@@ -59,13 +64,15 @@ pub(crate) async fn job_claim(
         return Ok(Vec::new());
     }
 
+    // The jobs' rows are locked since the SELECT above, so their step runs can be read in the
+    // same round trip as the UPDATE.
     let expires_at = params.now + params.lease_ms;
-    let rows = tx
-        .query(
-            UPDATE_CLAIM,
-            &[&ids, &params.worker_id, &expires_at, &params.now],
-        )
-        .await?;
+    let claim_params: Params<'_> = &[&ids, &params.worker_id, &expires_at, &params.now];
+    let db = tx.db();
+    let (rows, mut step_runs) = tokio::try_join!(
+        db.query(UPDATE_CLAIM, claim_params),
+        step_run_list_many(db, &ids),
+    )?;
     let mut jobs = rows
         .iter()
         .map(job_from_row)
@@ -80,18 +87,21 @@ pub(crate) async fn job_claim(
 
     let mut claimed = Vec::with_capacity(jobs.len());
     for job in jobs {
-        claimed.push(claimed_job(tx, cache, params, job).await?);
+        let steps = step_runs.remove(&job.id).unwrap_or_default();
+        claimed.push(claimed_job(tx, cache, params, job, steps).await?);
     }
     let count = i64::try_from(claimed.len()).expect("a claim returns few jobs");
     tx.counts_move(JobState::Queued, JobState::Running, count);
     Ok(claimed)
 }
 
+/// Builds the reply for one claimed job and writes its `job.running` event.
 async fn claimed_job(
     tx: &mut PgTx<'_>,
     cache: &WorkflowCache,
     params: &ClaimParams,
     job: Job,
+    steps: Vec<StepRun>,
 ) -> Result<ClaimedJob, StoreError> {
     let id = job.id.clone();
     let workflow = cache
@@ -103,7 +113,6 @@ async fn claimed_job(
                 job.workflow_id, job.workflow_version
             ))
         })?;
-    let steps = step_run_list(tx.db(), &id).await?;
 
     let data = json!({ "worker_id": params.worker_id, "token": job.lease_token });
     tx.job_event("job.running".to_owned(), &id, data, params.now);

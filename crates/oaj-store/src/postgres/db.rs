@@ -20,6 +20,11 @@ pub(crate) enum Db<'a> {
 }
 
 impl Db<'_> {
+    /// Prepares a statement on this connection, unless the connection's cache already has it.
+    pub(crate) async fn prepare(&self, sql: &str) -> Result<(), StoreError> {
+        self.statement(sql).await.map(drop)
+    }
+
     async fn statement(&self, sql: &str) -> Result<Statement, StoreError> {
         let statement = match self {
             Db::Client(client) => client.prepare_cached(sql).await?,

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use super::errors::{error_copy, is_retryable};
 use super::tx::PgTx;
 use super::workflows::WorkflowCache;
-use super::{claims, job_insert, worker_writes, Names};
+use super::{claims, finish_batch, job_insert, worker_writes, Names};
 use crate::error::StoreError;
 use crate::model::{
     AttemptFinish, AttemptRecord, AttemptStart, ClaimParams, ClaimedJob, Control, JobFinish,
@@ -171,6 +171,16 @@ enum CallOutcome {
 /// Runs one group in one transaction, replies to every call once the outcome of the commit is
 /// known, and returns the calls to run again.
 async fn group_run(shared: &WriterShared, group: Vec<Request>) -> Vec<Request> {
+    group_run_with(shared, group, true).await
+}
+
+/// Runs one group like [`group_run`]. With `batches_finishes` false, every job finish runs
+/// alone, which the tests compare with the batched path.
+async fn group_run_with(
+    shared: &WriterShared,
+    group: Vec<Request>,
+    batches_finishes: bool,
+) -> Vec<Request> {
     let mut client = match shared.pool.get().await {
         Ok(client) => client,
         Err(error) => return group_fail(group, Vec::new(), &error.into()),
@@ -184,28 +194,25 @@ async fn group_run(shared: &WriterShared, group: Vec<Request>) -> Vec<Request> {
     let mut replies = Vec::with_capacity(group.len());
     let mut retry = Vec::new();
     let mut is_savepoint_open = false;
-    let mut requests = group.into_iter();
-    while let Some(request) = requests.next() {
-        let outcome = call_run(shared, &mut tx, &request.op, is_savepoint_open).await;
-        is_savepoint_open = matches!(outcome, CallOutcome::Done(Ok(_)));
-        match outcome {
-            CallOutcome::Done(result) => replies.push((request.reply, result)),
-            CallOutcome::Retry(error) if request.retries < RETRIES_MAX => {
-                tracing::debug!(error = %error, "write rolled back; running it in the next group");
-                retry.push(Request {
-                    retries: request.retries + 1,
-                    ..request
-                });
+    let mut requests = group.into_iter().peekable();
+    while let Some(first) = requests.next() {
+        let mut calls = vec![first];
+        let (outcomes, is_open) = if batches_finishes && finish_batchable(&calls[0]).is_some() {
+            while let Some(next) = requests.next_if(|next| finish_joins(&calls, next)) {
+                calls.push(next);
             }
-            CallOutcome::Retry(error) => replies.push((request.reply, Err(error))),
-            // Dropping the reply makes the caller panic in turn.
-            CallOutcome::Panicked => {}
-            CallOutcome::Broken(error) => {
-                let mut rest: Vec<Request> = requests.collect();
-                rest.push(request);
-                rest.append(&mut retry);
-                return group_fail(rest, replies, &error);
-            }
+            finishes_run(shared, &mut tx, &calls, is_savepoint_open).await
+        } else {
+            let outcome = call_run(shared, &mut tx, &calls[0].op, is_savepoint_open).await;
+            let is_open = matches!(outcome, CallOutcome::Done(Ok(_)));
+            (vec![outcome], is_open)
+        };
+        is_savepoint_open = is_open;
+
+        if let Err((error, mut rest)) = outcomes_file(calls, outcomes, &mut replies, &mut retry) {
+            rest.extend(requests);
+            rest.append(&mut retry);
+            return group_fail(rest, replies, &error);
         }
     }
 
@@ -226,6 +233,63 @@ async fn group_run(shared: &WriterShared, group: Vec<Request>) -> Vec<Request> {
         shared.notify.notify_one();
     }
     retry
+}
+
+/// Files each call's outcome: its reply waits for the commit, or the call runs again in the next
+/// group. When an outcome is [`CallOutcome::Broken`], returns its error with the calls that got
+/// no outcome, that one included, because the transaction is lost.
+fn outcomes_file(
+    calls: Vec<Request>,
+    outcomes: Vec<CallOutcome>,
+    replies: &mut Vec<(Reply, Result<WriteValue, StoreError>)>,
+    retry: &mut Vec<Request>,
+) -> Result<(), (StoreError, Vec<Request>)> {
+    let mut calls = calls.into_iter();
+    for (request, outcome) in calls.by_ref().zip(outcomes) {
+        match outcome {
+            CallOutcome::Done(result) => replies.push((request.reply, result)),
+            CallOutcome::Retry(error) if request.retries < RETRIES_MAX => {
+                tracing::debug!(error = %error, "write rolled back; running it in the next group");
+                retry.push(Request {
+                    retries: request.retries + 1,
+                    ..request
+                });
+            }
+            CallOutcome::Retry(error) => replies.push((request.reply, Err(error))),
+            // Dropping the reply makes the caller panic in turn.
+            CallOutcome::Panicked => {}
+            CallOutcome::Broken(error) => {
+                let mut rest = vec![request];
+                rest.extend(calls);
+                return Err((error, rest));
+            }
+        }
+    }
+    assert!(
+        calls.next().is_none(),
+        "every call has an outcome unless one broke the transaction"
+    );
+    Ok(())
+}
+
+/// Returns the job finish of `request` when it can run in a batch of finishes.
+fn finish_batchable(request: &Request) -> Option<&JobFinish> {
+    match &request.op {
+        WriteOp::JobFinish(finish) if finish_batch::is_batchable(finish) => Some(finish),
+        _ => None,
+    }
+}
+
+/// Reports whether `next` can join the batch of finishes `calls`: it is a batchable finish of
+/// a job that no finish of the batch ends. A second finish of one job runs after the batch, so
+/// that it sees the first one's changes, as it would in call order.
+fn finish_joins(calls: &[Request], next: &Request) -> bool {
+    let Some(finish) = finish_batchable(next) else {
+        return false;
+    };
+    calls.iter().all(|call| {
+        finish_batchable(call).is_some_and(|other| other.lease.job_id != finish.lease.job_id)
+    })
 }
 
 /// Replies with `error` to every call of a group whose transaction failed: to the calls that had
@@ -253,11 +317,7 @@ async fn call_run(
     op: &WriteOp,
     is_savepoint_open: bool,
 ) -> CallOutcome {
-    let statement = if is_savepoint_open {
-        "RELEASE call; SAVEPOINT call"
-    } else {
-        "SAVEPOINT call"
-    };
+    let statement = savepoint_statement(is_savepoint_open);
     let transaction = tx.transaction();
     let mark = tx.mark();
 
@@ -288,6 +348,84 @@ async fn call_run(
         Some(error) if is_retryable(&error) => CallOutcome::Retry(error),
         Some(error) => CallOutcome::Done(Err(error)),
         None => CallOutcome::Panicked,
+    }
+}
+
+/// Runs consecutive job finishes together (see `finish_batch.rs`) in one savepoint and returns
+/// their outcomes, with whether a savepoint is left open. When the batch fails, it is rolled back
+/// and each call runs alone, so that every call gets the outcome it would get in a group without
+/// batches: a database error or a panic then stays with the call that caused it.
+async fn finishes_run(
+    shared: &WriterShared,
+    tx: &mut PgTx<'_>,
+    calls: &[Request],
+    is_savepoint_open: bool,
+) -> (Vec<CallOutcome>, bool) {
+    let finishes: Vec<&JobFinish> = calls
+        .iter()
+        .map(|call| finish_batchable(call).expect("the batch holds only batchable finishes"))
+        .collect();
+    let transaction = tx.transaction();
+    let mark = tx.mark();
+
+    let (savepoint, ran) = tokio::join!(
+        transaction.batch_execute(savepoint_statement(is_savepoint_open)),
+        CatchUnwind::new(finish_batch::job_finish_many(tx, &finishes))
+    );
+    if let Err(error) = savepoint {
+        return (vec![CallOutcome::Broken(error.into())], false);
+    }
+    match ran {
+        Ok(Ok(results)) => {
+            let outcomes = results
+                .into_iter()
+                .map(|result| CallOutcome::Done(result.map(|()| WriteValue::Done)))
+                .collect();
+            return (outcomes, true);
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(
+                error = %error,
+                calls = calls.len(),
+                "batched job finishes failed; running each alone"
+            );
+        }
+        Err(()) => {
+            tracing::warn!(
+                calls = calls.len(),
+                "batched job finishes panicked; running each alone"
+            );
+        }
+    }
+    if let Err(error) = transaction
+        .batch_execute("ROLLBACK TO call; RELEASE call")
+        .await
+    {
+        return (vec![CallOutcome::Broken(error.into())], false);
+    }
+    tx.rollback_to(mark);
+
+    let mut outcomes = Vec::with_capacity(calls.len());
+    let mut is_open = false;
+    for call in calls {
+        let outcome = call_run(shared, tx, &call.op, is_open).await;
+        is_open = matches!(outcome, CallOutcome::Done(Ok(_)));
+        let is_broken = matches!(outcome, CallOutcome::Broken(_));
+        outcomes.push(outcome);
+        if is_broken {
+            break;
+        }
+    }
+    (outcomes, is_open)
+}
+
+/// Returns the statement that opens a call's savepoint, first releasing the previous call's
+/// savepoint when `is_savepoint_open`.
+fn savepoint_statement(is_savepoint_open: bool) -> &'static str {
+    if is_savepoint_open {
+        "RELEASE call; SAVEPOINT call"
+    } else {
+        "SAVEPOINT call"
     }
 }
 
@@ -356,3 +494,7 @@ impl<F: Future> Future for CatchUnwind<F> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "group_writer_tests.rs"]
+mod tests;

@@ -127,8 +127,14 @@ pub(crate) async fn job_move(
         ],
     )
     .await?;
-    tx.counts_move(step.from, to, 1);
+    job_move_note(tx, step, to);
+    Ok(to)
+}
 
+/// Adds the counter change, the `job.<state>` event and the wake-up of a move to `to` whose row
+/// has been written.
+pub(crate) fn job_move_note(tx: &mut PgTx<'_>, step: &JobMove<'_>, to: JobState) {
+    tx.counts_move(step.from, to, 1);
     let data = match &step.error {
         Some(error) => json!({ "from": step.from.as_str(), "error": error }),
         None => json!({ "from": step.from.as_str() }),
@@ -137,7 +143,6 @@ pub(crate) async fn job_move(
     if to == JobState::Queued {
         tx.wake_workers();
     }
-    Ok(to)
 }
 
 /// Moves a job to a final state, then settles the jobs that depend on it, and theirs in turn.
@@ -160,7 +165,7 @@ struct Dependent {
 
 /// Settles the jobs that wait for `job_id`, which just ended in `state`, and cascades through
 /// the jobs that fail as a result. A worklist instead of recursion keeps long chains safe.
-async fn dependents_settle(
+pub(crate) async fn dependents_settle(
     tx: &mut PgTx<'_>,
     job_id: &str,
     state: JobState,

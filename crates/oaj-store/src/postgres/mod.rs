@@ -14,6 +14,7 @@ mod claims;
 mod db;
 mod dependencies;
 mod errors;
+mod finish_batch;
 mod group_writer;
 mod job_insert;
 mod job_moves;

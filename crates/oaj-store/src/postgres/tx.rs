@@ -17,24 +17,31 @@ use std::collections::BTreeMap;
 
 use oaj_core::JobState;
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 
 use super::db::{Db, Params};
 use super::Names;
 use crate::error::StoreError;
 use crate::model::Event;
 
-const UPDATE_COUNT: &str = "UPDATE job_counts SET count = count + $2 WHERE state = $1";
+// Locks the counter rows in one fixed order (by state name, because PostgreSQL sorts before it
+// locks), so that two transactions never wait for each other's counter rows in a cycle.
+const UPDATE_COUNTS: &str = "WITH locked AS (
+    SELECT state FROM job_counts WHERE state = ANY($1::text[]) ORDER BY state FOR NO KEY UPDATE)
+    UPDATE job_counts SET count = count + d.delta
+    FROM unnest($1::text[], $2::bigint[]) AS d (state, delta), locked
+    WHERE job_counts.state = d.state AND locked.state = d.state";
 const LOCK_EVENTS: &str = "SELECT pg_advisory_xact_lock($1, $2)";
 // One statement for all the events of a commit. `ORDER BY` keeps the sequence numbers in the
-// order the events were added, because `nextval` runs as each sorted row is inserted.
-// Returns the last sequence number handed out.
+// order the events were added, because `nextval` runs as each sorted row is inserted. The
+// notification carries the last sequence number handed out.
 const INSERT_EVENTS: &str = "WITH inserted AS (
     INSERT INTO events (kind, job_id, step_id, item, attempt, data, at)
     SELECT kind, job_id, step_id, item, attempt, data, at
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
         $7::bigint[]) WITH ORDINALITY AS e (kind, job_id, step_id, item, attempt, data, at, n)
     ORDER BY n RETURNING seq)
-    SELECT max(seq) FROM inserted";
+    SELECT pg_notify($8, max(seq)::text) FROM inserted";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// An open write transaction with the counter changes, events and wake-ups it will commit.
@@ -157,54 +164,83 @@ impl<'c> PgTx<'c> {
 
     /// Writes the counters and events and sends the notifications, which PostgreSQL delivers at
     /// the commit. The caller commits next.
+    ///
+    /// The statements go out together, in one round trip, and the server runs them in the order
+    /// sent: the event lock before the event insert. Each is prepared first, because a statement
+    /// that still had to be prepared would be sent only after its preparation came back.
     pub(crate) async fn finish(self, names: &Names) -> Result<Committed, StoreError> {
-        // Counter rows are updated in one fixed order (by state name), so that two transactions
-        // never wait for each other's counter rows in a cycle.
-        for (state, delta) in &self.counts {
-            if *delta != 0 {
-                self.execute(UPDATE_COUNT, &[state, delta]).await?;
+        let db = self.db();
+        for sql in [UPDATE_COUNTS, LOCK_EVENTS, INSERT_EVENTS, NOTIFY] {
+            db.prepare(sql).await?;
+        }
+        let (states, deltas): (Vec<&str>, Vec<i64>) = self
+            .counts
+            .iter()
+            .filter(|(_, delta)| **delta != 0)
+            .map(|(state, delta)| (*state, *delta))
+            .unzip();
+        let events = EventColumns::new(&self.events);
+        let has_events = !self.events.is_empty();
+        let counts_params: Params<'_> = &[&states, &deltas];
+        let lock_params: Params<'_> = &[&names.lock_class_events, &names.lock_id];
+        let events_params = events.params(&names.events_channel);
+        let work_params: Params<'_> = &[&names.work_channel, &""];
+
+        let run_if = |is_needed: bool, sql, params| async move {
+            if !is_needed {
+                return Ok(0);
             }
-        }
-        if !self.events.is_empty() {
-            self.execute(LOCK_EVENTS, &[&names.lock_class_events, &names.lock_id])
-                .await?;
-            let last_seq = self.events_insert().await?;
-            let payload = last_seq.to_string();
-            self.execute(NOTIFY, &[&names.events_channel, &payload])
-                .await?;
-        }
-        if self.wakes_workers {
-            self.execute(NOTIFY, &[&names.work_channel, &""]).await?;
-        }
+            db.execute(sql, params).await
+        };
+        tokio::try_join!(
+            run_if(!states.is_empty(), UPDATE_COUNTS, counts_params),
+            run_if(has_events, LOCK_EVENTS, lock_params),
+            run_if(has_events, INSERT_EVENTS, &events_params),
+            run_if(self.wakes_workers, NOTIFY, work_params),
+        )?;
         Ok(Committed {
             wakes_workers: self.wakes_workers,
         })
     }
+}
 
-    /// Inserts every pending event in one statement and returns the last sequence number.
-    async fn events_insert(&self) -> Result<i64, StoreError> {
-        let count = self.events.len();
-        let mut kinds = Vec::with_capacity(count);
-        let mut job_ids = Vec::with_capacity(count);
-        let mut step_ids = Vec::with_capacity(count);
-        let mut items = Vec::with_capacity(count);
-        let mut attempts = Vec::with_capacity(count);
-        let mut data = Vec::with_capacity(count);
-        let mut ats = Vec::with_capacity(count);
-        for event in &self.events {
-            kinds.push(event.kind.as_str());
-            job_ids.push(event.job_id.as_deref());
-            step_ids.push(event.step_id.as_deref());
-            items.push(event.item.map(i64::from));
-            attempts.push(event.attempt.map(i64::from));
-            data.push(event.data.to_string());
-            ats.push(event.at);
+/// The pending events as the arrays of [`INSERT_EVENTS`], one per column.
+struct EventColumns<'e> {
+    kinds: Vec<&'e str>,
+    job_ids: Vec<Option<&'e str>>,
+    step_ids: Vec<Option<&'e str>>,
+    items: Vec<Option<i64>>,
+    attempts: Vec<Option<i64>>,
+    data: Vec<String>,
+    ats: Vec<i64>,
+}
+
+impl<'e> EventColumns<'e> {
+    fn new(events: &'e [Event]) -> EventColumns<'e> {
+        EventColumns {
+            kinds: events.iter().map(|event| event.kind.as_str()).collect(),
+            job_ids: events.iter().map(|event| event.job_id.as_deref()).collect(),
+            step_ids: events
+                .iter()
+                .map(|event| event.step_id.as_deref())
+                .collect(),
+            items: events.iter().map(|e| e.item.map(i64::from)).collect(),
+            attempts: events.iter().map(|e| e.attempt.map(i64::from)).collect(),
+            data: events.iter().map(|event| event.data.to_string()).collect(),
+            ats: events.iter().map(|event| event.at).collect(),
         }
-        self.db()
-            .query_value(
-                INSERT_EVENTS,
-                &[&kinds, &job_ids, &step_ids, &items, &attempts, &data, &ats],
-            )
-            .await
+    }
+
+    fn params<'p>(&'p self, channel: &'p String) -> Vec<&'p (dyn ToSql + Sync)> {
+        vec![
+            &self.kinds,
+            &self.job_ids,
+            &self.step_ids,
+            &self.items,
+            &self.attempts,
+            &self.data,
+            &self.ats,
+            channel,
+        ]
     }
 }

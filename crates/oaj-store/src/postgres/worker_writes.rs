@@ -221,7 +221,7 @@ async fn attempt_record_leased(
 }
 
 /// Builds the `attempt.started` event of `start`.
-fn attempt_started_event(start: &AttemptStart) -> Event {
+pub(crate) fn attempt_started_event(start: &AttemptStart) -> Event {
     let data = json!({ "worker_id": start.worker_id });
     let mut event = step_event(
         "attempt.started",
@@ -236,7 +236,7 @@ fn attempt_started_event(start: &AttemptStart) -> Event {
 }
 
 /// Builds the `attempt.<state>` event of `finish`, the end of attempt `number`.
-fn attempt_ended_event(finish: &AttemptFinish, number: u32) -> Event {
+pub(crate) fn attempt_ended_event(finish: &AttemptFinish, number: u32) -> Event {
     let kind = format!("attempt.{}", finish.state.as_str());
     let data = json!({ "step_state": finish.step_state.as_str(), "error": finish.error });
     let mut event = step_event(

@@ -209,6 +209,52 @@ async fn dependency_cycle_rejected(store: Arc<dyn Store>) {
     assert!(store.job_list(Default::default()).await.unwrap().is_empty());
 }
 
+/// Jobs that end at the same moment settle their dependents as they would one at a time. The
+/// PostgreSQL store writes such finishes together when they share a write group.
+async fn dependencies_ending_at_once_settle(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let jobs = vec![
+        job_new(T0),
+        job_new(T0 + 1),
+        job_new(T0 + 2),
+        job_after(T0, vec![JobRef::Index(0), JobRef::Index(1)]),
+        job_after(T0, vec![JobRef::Index(2)]),
+        job_after(T0, vec![JobRef::Index(4)]),
+    ];
+    let ids = store.job_insert_many(jobs, None).await.unwrap();
+    let claimed = claim(&store, "worker-1", 3, T0 + 3).await;
+    assert_eq!(claimed.len(), 3);
+
+    let mut tasks = Vec::new();
+    for job in claimed {
+        let outcome = if job.job.id == ids[2] {
+            JobOutcome::Failed("step failed".to_owned())
+        } else {
+            JobOutcome::Completed(json!(1))
+        };
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            finish(&store, &job.lease, outcome, T0 + 4).await;
+        }));
+    }
+    for task in tasks {
+        task.await.expect("the finish task does not panic");
+    }
+
+    assert_eq!(job(&store, &ids[3]).await.state, JobState::Queued);
+    let failed = job(&store, &ids[4]).await;
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(
+        failed.error.as_deref(),
+        Some(format!("dependency {} failed", ids[2]).as_str())
+    );
+    assert_eq!(job(&store, &ids[5]).await.state, JobState::Failed);
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!(counts[&JobState::Completed], 2);
+    assert_eq!(counts[&JobState::Failed], 3);
+    assert_eq!(counts[&JobState::Queued], 1);
+}
+
 crate::store_tests!(
     dependent_queued_when_dependency_completes,
     dependent_waits_for_every_dependency,
@@ -220,4 +266,5 @@ crate::store_tests!(
     dependency_on_missing_job_rejected,
     dependency_index_errors_rejected,
     dependency_cycle_rejected,
+    dependencies_ending_at_once_settle,
 );
