@@ -397,12 +397,16 @@ fn run_once(conn: &Connection, request: &mut dyn Request) -> (Option<bool>, Outc
 fn run_unguarded(conn: &Connection, request: &mut dyn Request) -> Result<Ran, StoreError> {
     let changes_before = conn.total_changes();
     let (ran, outcome) = run_once(conn, request);
+    // SQLite ends the whole transaction on an error it cannot undo statement by statement (a
+    // full disk, an I/O error), even when the request went on and reported success.
+    if conn.is_autocommit() {
+        return Ok(Ran::Undo);
+    }
     if ran == Some(true) {
         return Ok(Ran::Done(outcome));
     }
-    // A failed statement undoes its own partial changes before it returns, and an error that
-    // SQLite cannot undo that way ends the whole transaction.
-    if conn.total_changes() != changes_before || conn.is_autocommit() {
+    // A failed statement undoes its own partial changes before it returns.
+    if conn.total_changes() != changes_before {
         return Ok(Ran::Undo);
     }
     Ok(match ran {
