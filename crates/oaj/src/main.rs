@@ -16,6 +16,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written (a full disk, a closed stderr) is dropped. Reporting
+        // it goes through `eprintln!`, which panics when stderr fails too, and such a panic on
+        // the store's writer thread ended every later write of the process.
+        .log_internal_errors(false)
         .init();
     match cmd::run(cli) {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! `oaj serve`: the HTTP API and the workers in one process.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -48,8 +49,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     // Printed whatever the log level, so that scripts and tests that pass port 0 can read the
-    // bound port.
-    eprintln!("listening on {address}");
+    // bound port. A server whose stderr cannot be written still serves.
+    let _ = writeln!(std::io::stderr(), "listening on {address}");
     let shutdown = CancellationToken::new();
     let watcher = tokio::spawn(signal_watch(shutdown.clone()));
 

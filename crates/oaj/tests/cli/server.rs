@@ -28,11 +28,18 @@ impl Server {
 
     /// Starts `oaj serve` on a free loopback port with `args` added.
     pub(crate) fn start_with(sandbox: &Sandbox, args: &[&str]) -> Server {
+        Server::start_logging(sandbox, args, "info", true)
+    }
+
+    /// Starts `oaj serve` with `log` as its log filter. Unless `keeps_stderr`, the read end of
+    /// its stderr is closed once the address is read, so that every later log line fails.
+    fn start_logging(sandbox: &Sandbox, args: &[&str], log: &str, keeps_stderr: bool) -> Server {
         let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
         let mut child = sandbox
             .command(&all)
             .env("OAJ_TOKEN", TOKEN)
+            .env("OAJ_LOG", log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -47,8 +54,10 @@ impl Server {
                 break address.to_owned();
             }
         };
-        // Keep reading, so that the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        if keeps_stderr {
+            // Keep reading, so that the server never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+        }
         Server {
             child,
             url: format!("http://{address}"),
@@ -137,6 +146,27 @@ fn submit_wait_completes_job() {
     assert!(shown.contains("hello"), "{shown}");
     let events = ok(&sandbox, &server, &["jobs", "events", id]);
     assert!(events.contains("job.completed"), "{events}");
+}
+
+/// Log lines that cannot be written are dropped, and the server goes on running jobs: a failed
+/// log write used to panic whichever thread logged, the store's writer thread included.
+#[test]
+fn unwritable_log_keeps_server_working() {
+    let sandbox = Sandbox::new();
+    let server = Server::start_logging(&sandbox, &[], "debug", false);
+    let workflow = sandbox.write("greet.json", ECHO_WORKFLOW);
+
+    for name in ["ada", "grace"] {
+        let input = json!({ "name": name }).to_string();
+        let submitted = ok(
+            &sandbox,
+            &server,
+            &["submit", &workflow, "--input", &input, "--wait", "--json"],
+        );
+        let job = parse(&submitted);
+        assert_eq!(job["state"], "completed", "{job}");
+        assert_eq!(job["result"]["hello"]["name"], name);
+    }
 }
 
 #[test]
