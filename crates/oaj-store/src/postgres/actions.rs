@@ -18,6 +18,11 @@ const UPDATE_CONTROL: &str = "UPDATE jobs SET control = $2, updated_at = $3 WHER
 const UPDATE_STEPS_RETRY: &str = "UPDATE step_runs SET state = 'pending', error = NULL,
     next_attempt_at = NULL, updated_at = $2
     WHERE job_id = $1 AND state IN ('failed', 'cancelled', 'running', 'retrying')";
+// A retry queues the job whatever its dependencies, so it waits for none of them afterwards.
+// An edge left unsettled (the dependency that failed it, or one deleted since) would send the job
+// to pending on a later resume, where nothing would ever settle it.
+const UPDATE_EDGES_RETRY: &str =
+    "UPDATE job_dependencies SET settled = TRUE WHERE job_id = $1 AND NOT settled";
 const SELECT_APPROVAL_STEPS: &str = "SELECT step_id, state, decision_at IS NOT NULL
     FROM step_runs WHERE job_id = $1 AND item = -1 AND ($2::text IS NULL OR step_id = $2)
     AND ($2::text IS NOT NULL OR state = 'waiting')";
@@ -60,6 +65,7 @@ pub(crate) async fn job_action(
         }
         (JobAction::Retry, Failed | Cancelled) => {
             tx.execute(UPDATE_STEPS_RETRY, &[&id, &now]).await?;
+            tx.execute(UPDATE_EDGES_RETRY, &[&id]).await?;
             let transition = Transition::Retry;
             job_move(tx, &JobMove { transition, ..step }).await?;
         }

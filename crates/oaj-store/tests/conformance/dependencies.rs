@@ -255,6 +255,40 @@ async fn dependencies_ending_at_once_settle(store: Arc<dyn Store>) {
     assert_eq!(counts[&JobState::Queued], 1);
 }
 
+/// A retried job no longer waits for the dependency that failed it, so a pause and a resume
+/// after the retry queue it again instead of leaving it pending for ever.
+async fn retried_dependent_resumes_to_queue(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let ids = store
+        .job_insert_many(
+            vec![job_new(T0), job_after(T0, vec![JobRef::Index(0)])],
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .job_action(&ids[0], JobAction::Cancel, T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(job(&store, &ids[1]).await.state, JobState::Failed);
+
+    let retried = store
+        .job_action(&ids[1], JobAction::Retry, T0 + 2)
+        .await
+        .unwrap();
+    assert_eq!(retried.state, JobState::Queued);
+    let paused = store
+        .job_action(&ids[1], JobAction::Pause, T0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(paused.state, JobState::Paused);
+    let resumed = store
+        .job_action(&ids[1], JobAction::Resume, T0 + 4)
+        .await
+        .unwrap();
+    assert_eq!(resumed.state, JobState::Queued);
+}
+
 crate::store_tests!(
     dependent_queued_when_dependency_completes,
     dependent_waits_for_every_dependency,
@@ -267,4 +301,5 @@ crate::store_tests!(
     dependency_index_errors_rejected,
     dependency_cycle_rejected,
     dependencies_ending_at_once_settle,
+    retried_dependent_resumes_to_queue,
 );
