@@ -350,3 +350,83 @@ where
     }
     outputs
 }
+
+/// Regression: with statistics that counted no queued job, PostgreSQL sorted the whole queue on
+/// every claim instead of reading jobs_queued in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_reads_queue_index_in_order() {
+    let Some(url) = database_url() else { return };
+    let schema = schema_new();
+    let store: Arc<dyn Store> = Arc::new(postgres_connect(&url, &schema).await);
+    workflow_setup(&store).await;
+    for i in 0..50 {
+        insert(&store, job_new(T0 + i)).await;
+    }
+
+    let (client, mut notices) = client_with_notices(&url).await;
+    // Statistics taken while every job looked finished, then the jobs queued again: the
+    // planner now expects almost no queued job among many.
+    let stale_statistics = format!(
+        "SET search_path = {schema};
+         UPDATE jobs SET state = 'completed';
+         ANALYZE jobs;
+         UPDATE jobs SET state = 'queued';"
+    );
+    client.batch_execute(&stale_statistics).await.unwrap();
+    // auto_explain sends the plan of the statement inside the function to this client as a LOG
+    // message. LOAD needs a superuser, as on the throwaway test cluster.
+    client
+        .batch_execute(
+            "BEGIN;
+             LOAD 'auto_explain';
+             SET LOCAL auto_explain.log_min_duration = 0;
+             SET LOCAL auto_explain.log_nested_statements = on;
+             SET LOCAL client_min_messages = log;
+             SELECT * FROM job_claim_queued(5);
+             ROLLBACK;",
+        )
+        .await
+        .expect(
+            "LOAD 'auto_explain' failed: this test needs a superuser and the auto_explain library",
+        );
+    // A query after the ROLLBACK, so that every message sent before it has been read.
+    client.batch_execute("SELECT 1").await.unwrap();
+
+    let mut plans = Vec::new();
+    while let Ok(notice) = notices.try_recv() {
+        plans.push(notice);
+    }
+    let plan = plans
+        .iter()
+        .find(|plan| plan.contains("FROM jobs j"))
+        .unwrap_or_else(|| panic!("no plan of the claim's SELECT among {plans:#?}"));
+    assert!(plan.contains("Index Scan using jobs_queued"), "{plan}");
+    assert!(!plan.contains("Sort"), "{plan}");
+    assert!(!plan.contains("Bitmap"), "{plan}");
+}
+
+/// Connects a plain client and forwards the text of each notice or log message it receives.
+async fn client_with_notices(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notice(notice)) => {
+                    // Sending fails only once the test has dropped the receiver.
+                    let _ = sender.send(notice.message().to_owned());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    (client, receiver)
+}
