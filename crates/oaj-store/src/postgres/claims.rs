@@ -16,8 +16,11 @@ use crate::sqlite::claims::control_parse;
 
 // SKIP LOCKED lets workers of many processes claim at once. Each claim passes over the rows that
 // another claim has locked instead of waiting for them, so no two claims return the same job.
-const SELECT_QUEUED: &str = "SELECT id FROM jobs WHERE state = 'queued'
-    ORDER BY claim_key, id LIMIT $1 FOR UPDATE SKIP LOCKED";
+// The function (migration 0004) runs `SELECT ... FOR UPDATE SKIP LOCKED` with a plan that reads
+// jobs_queued in claim order whatever the statistics estimate. Its rows are sorted again here,
+// because a set-returning function promises no order.
+const SELECT_QUEUED: &str = "SELECT job_id FROM job_claim_queued($1)
+    ORDER BY job_claim_key, job_id COLLATE \"C\"";
 const SELECT_QUEUED_AMONG: &str = "SELECT id FROM jobs WHERE state = 'queued'
     AND id = ANY($2::text[]) ORDER BY claim_key, id LIMIT $1 FOR UPDATE SKIP LOCKED";
 // The rows were locked while queued by the SELECT above, so they are still queued. The UPDATE

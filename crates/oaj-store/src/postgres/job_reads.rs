@@ -53,6 +53,11 @@ const SELECT_EVENTS: &str = concat!(
     " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
 );
 const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = $1";
+// Events have no foreign key to their job (migration 0005), so they are deleted here. This runs
+// after the job's row is deleted, as a statement of its own, so that its snapshot includes every
+// event committed by a transaction that held the job's row before the delete locked it.
+pub(crate) const DELETE_JOB_EVENTS: &str =
+    "DELETE FROM events e USING unnest($1::text[]) AS d (job_id) WHERE e.job_id = d.job_id";
 
 /// Jobs returned by one list when the filter sets no limit.
 const LIST_LIMIT_DEFAULT: u32 = 100;
@@ -201,6 +206,8 @@ pub(crate) async fn job_delete(tx: &mut PgTx<'_>, id: &str) -> Result<(), StoreE
         });
     }
     tx.execute(DELETE_JOB, &[&id]).await?;
+    let job_ids: &[&str] = &[id];
+    tx.execute(DELETE_JOB_EVENTS, &[&job_ids]).await?;
     tx.counts_add(head.state, -1);
     Ok(())
 }

@@ -7,6 +7,7 @@ use oaj_core::{JobState, Transition};
 use serde_json::json;
 
 use super::job_moves::{job_end, job_head, job_move, JobMove};
+use super::job_reads::DELETE_JOB_EVENTS;
 use super::rows::item_from_column;
 use super::tx::PgTx;
 use super::worker_writes::step_event;
@@ -29,7 +30,7 @@ const SELECT_DUE: &str = "SELECT id FROM jobs WHERE state = 'pending' AND run_at
     FOR NO KEY UPDATE SKIP LOCKED";
 const DELETE_EXPIRED: &str = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs
     WHERE state IN ('completed', 'failed', 'cancelled') AND finished_at < $1
-    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING state";
+    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, state";
 
 /// Rescues up to `batch_size` running jobs whose lease expired.
 pub(crate) async fn rescue(
@@ -143,12 +144,17 @@ pub(crate) async fn retain(
     let cutoff = params.now.saturating_sub(retention_ms);
     let batch_size = i64::from(params.batch_size);
     let rows = tx.query(DELETE_EXPIRED, &[&cutoff, &batch_size]).await?;
+    let mut ids = Vec::with_capacity(rows.len());
     for row in &rows {
-        let state: String = row.try_get(0)?;
+        ids.push(row.try_get::<_, String>(0)?);
+        let state: String = row.try_get(1)?;
         let state = state
             .parse::<JobState>()
             .map_err(|_| corrupt("jobs.state", state))?;
         tx.counts_add(state, -1);
+    }
+    if !ids.is_empty() {
+        tx.execute(DELETE_JOB_EVENTS, &[&ids]).await?;
     }
     report.deleted += rows.len() as u64;
     Ok(())

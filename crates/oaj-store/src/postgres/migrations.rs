@@ -9,6 +9,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_initial.sql"),
     include_str!("../../migrations/postgres/0002_workers.sql"),
     include_str!("../../migrations/postgres/0003_job_list_created.sql"),
+    include_str!("../../migrations/postgres/0004_claim_queued.sql"),
+    include_str!("../../migrations/postgres/0005_events_without_job_key.sql"),
 ];
 
 const LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";

@@ -257,6 +257,64 @@ async fn maintenance_lead_passes_when_connection_killed() {
     );
 }
 
+/// Events have no foreign key to their job, so deleting a job, by hand or by retention, must
+/// delete its events too, and only its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_delete_removes_its_events() {
+    let Some(store) = postgres_store().await else {
+        return;
+    };
+    workflow_setup(&store).await;
+    let mut ids = Vec::new();
+    for offset in 0..3 {
+        let id = insert(&store, job_new(T0 + offset)).await;
+        let claimed = claim_one(&store, T0 + offset).await;
+        assert_eq!(claimed.job.id, id);
+        finish(
+            &store,
+            &claimed.lease,
+            JobOutcome::Completed(json!({})),
+            T0 + offset,
+        )
+        .await;
+        ids.push(id);
+    }
+    let queued_id = insert(&store, job_new(T0 + 10)).await;
+
+    store.job_delete(&ids[0]).await.unwrap();
+    let retention = MaintenanceParams {
+        retention_ms: Some(1),
+        ..maintenance_at(T0 + 10)
+    };
+    let report = store.maintenance(retention).await.unwrap();
+    assert_eq!(
+        report.deleted, 2,
+        "retention deletes the two other ended jobs"
+    );
+
+    for id in &ids {
+        assert_eq!(
+            job_events(&store, id).await,
+            0,
+            "events of deleted job {id}"
+        );
+    }
+    assert_eq!(
+        job_events(&store, &queued_id).await,
+        1,
+        "the queued job keeps its event"
+    );
+}
+
+/// Counts the stored events of one job.
+async fn job_events(store: &Arc<dyn Store>, job_id: &str) -> usize {
+    let filter = EventFilter {
+        job_id: Some(job_id.to_owned()),
+        ..EventFilter::default()
+    };
+    store.event_list(filter).await.unwrap().len()
+}
+
 /// Reads events from the last sequence number seen, as a client resuming with Last-Event-ID
 /// does, until `is_done` is set and a read returns nothing.
 async fn events_follow(store: Arc<dyn Store>, is_done: Arc<AtomicBool>) -> Vec<i64> {
@@ -349,4 +407,84 @@ where
         outputs.push(handle.await.expect("the task does not panic"));
     }
     outputs
+}
+
+/// Regression: with statistics that counted no queued job, PostgreSQL sorted the whole queue on
+/// every claim instead of reading jobs_queued in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_reads_queue_index_in_order() {
+    let Some(url) = database_url() else { return };
+    let schema = schema_new();
+    let store: Arc<dyn Store> = Arc::new(postgres_connect(&url, &schema).await);
+    workflow_setup(&store).await;
+    for i in 0..50 {
+        insert(&store, job_new(T0 + i)).await;
+    }
+
+    let (client, mut notices) = client_with_notices(&url).await;
+    // Statistics taken while every job looked finished, then the jobs queued again: the
+    // planner now expects almost no queued job among many.
+    let stale_statistics = format!(
+        "SET search_path = {schema};
+         UPDATE jobs SET state = 'completed';
+         ANALYZE jobs;
+         UPDATE jobs SET state = 'queued';"
+    );
+    client.batch_execute(&stale_statistics).await.unwrap();
+    // auto_explain sends the plan of the statement inside the function to this client as a LOG
+    // message. LOAD needs a superuser, as on the throwaway test cluster.
+    client
+        .batch_execute(
+            "BEGIN;
+             LOAD 'auto_explain';
+             SET LOCAL auto_explain.log_min_duration = 0;
+             SET LOCAL auto_explain.log_nested_statements = on;
+             SET LOCAL client_min_messages = log;
+             SELECT * FROM job_claim_queued(5);
+             ROLLBACK;",
+        )
+        .await
+        .expect(
+            "LOAD 'auto_explain' failed: this test needs a superuser and the auto_explain library",
+        );
+    // A query after the ROLLBACK, so that every message sent before it has been read.
+    client.batch_execute("SELECT 1").await.unwrap();
+
+    let mut plans = Vec::new();
+    while let Ok(notice) = notices.try_recv() {
+        plans.push(notice);
+    }
+    let plan = plans
+        .iter()
+        .find(|plan| plan.contains("FROM jobs j"))
+        .unwrap_or_else(|| panic!("no plan of the claim's SELECT among {plans:#?}"));
+    assert!(plan.contains("Index Scan using jobs_queued"), "{plan}");
+    assert!(!plan.contains("Sort"), "{plan}");
+    assert!(!plan.contains("Bitmap"), "{plan}");
+}
+
+/// Connects a plain client and forwards the text of each notice or log message it receives.
+async fn client_with_notices(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notice(notice)) => {
+                    // Sending fails only once the test has dropped the receiver.
+                    let _ = sender.send(notice.message().to_owned());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    (client, receiver)
 }
