@@ -177,8 +177,8 @@ async fn insert_claim_failure_inserts_nothing(store: Arc<dyn Store>) {
     assert_eq!(counts.values().sum::<u64>(), 0, "{counts:?}");
 }
 
-/// The claimed job is the stored row after the claim: on a first claim, and on a second claim
-/// of a job that was released with a step run, which keeps its first start time.
+/// Checks that the claimed job is the stored row after the claim: on a first claim, and on a
+/// second claim of a job released with a step run, which keeps its first start time.
 async fn claimed_job_matches_stored_row(store: Arc<dyn Store>) {
     workflow_setup(&store).await;
     let id = insert(&store, job_new(T0)).await;

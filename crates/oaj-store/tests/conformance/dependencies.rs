@@ -255,8 +255,8 @@ async fn dependencies_ending_at_once_settle(store: Arc<dyn Store>) {
     assert_eq!(counts[&JobState::Queued], 1);
 }
 
-/// A retried job no longer waits for the dependency that failed it, so a pause and a resume
-/// after the retry queue it again instead of leaving it pending for ever.
+/// Checks that a retried job no longer waits for the dependency that failed it: a pause and a
+/// resume after the retry queue it again instead of leaving it pending for ever.
 async fn retried_dependent_resumes_to_queue(store: Arc<dyn Store>) {
     workflow_setup(&store).await;
     let ids = store
