@@ -21,11 +21,12 @@ const FILL_BATCH: usize = 5_000;
 /// How often the worker's peak resident memory is read from /proc while it runs.
 ///
 /// `VmHWM` is the peak of the process since its exec, so a read catches all growth before it,
-/// and only growth in the worker's last interval before exit can be missed. The reaped child's
+/// and only growth in the worker's last interval before exit can be missed. A small drain ends
+/// within a few milliseconds of the worker's start, so the interval is short. The reaped child's
 /// `ru_maxrss` is no substitute, because Linux adds to it the peak of the address space the
 /// child had before exec. After a spawn that shares memory until exec (`posix_spawn`, vfork),
 /// that is the memory of `oaj bench` itself, with the ids of every job it filled the queue with.
-const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+const SAMPLE_EVERY: Duration = Duration::from_millis(2);
 
 /// Fills a SQLite store with queued jobs, runs `oaj worker --exit-when-idle` on it as a child
 /// process, and reports the child's peak resident memory. Then checks that every job completed
@@ -114,17 +115,31 @@ async fn worker_run(path: &Path, args: &MemoryArgs) -> anyhow::Result<u64> {
 
 /// Reads `VmHWM` of process `pid` every [`SAMPLE_EVERY`] until `stopped` fires, and returns the
 /// largest value read, in KiB.
+///
+/// Readings before the child's exec are skipped: until then the child runs `oaj bench`'s own
+/// command line, and its `VmHWM` is that of the spawn (about 140 KiB), not the worker's. A drain
+/// of 40 jobs once ended before the second reading, and the bench reported that figure.
 async fn sample(pid: u32, mut stopped: oneshot::Receiver<()>) -> u64 {
     let mut largest = 0;
     loop {
-        if let Some(kib) = status_kib(pid, "VmHWM:") {
-            largest = largest.max(kib);
+        if is_worker(pid) {
+            if let Some(kib) = status_kib(pid, "VmHWM:") {
+                largest = largest.max(kib);
+            }
         }
         tokio::select! {
             _ = &mut stopped => return largest,
             _ = tokio::time::sleep(SAMPLE_EVERY) => {}
         }
     }
+}
+
+/// Reports whether process `pid` runs `oaj worker`, which it does once it has exec'd.
+fn is_worker(pid: u32) -> bool {
+    let Ok(command_line) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    command_line.split(|byte| *byte == 0).nth(1) == Some(b"worker".as_slice())
 }
 
 /// Reads one `kB` field of /proc/PID/status, or `None` once the process is gone.
