@@ -282,7 +282,7 @@ fn finish_batchable(request: &Request) -> Option<&JobFinish> {
 
 /// Reports whether `next` can join the batch of finishes `calls`: it is a batchable finish of
 /// a job that no finish of the batch ends. A second finish of one job runs after the batch, so
-/// that it sees the first one's changes, as it would in call order.
+/// that it reads the first one's changes, as it would in call order.
 fn finish_joins(calls: &[Request], next: &Request) -> bool {
     let Some(finish) = finish_batchable(next) else {
         return false;
@@ -363,7 +363,7 @@ async fn finishes_run(
 ) -> (Vec<CallOutcome>, bool) {
     let finishes: Vec<&JobFinish> = calls
         .iter()
-        .map(|call| finish_batchable(call).expect("the batch holds only batchable finishes"))
+        .map(|call| finish_batchable(call).expect("the batch contains only batchable finishes"))
         .collect();
     let transaction = tx.transaction();
     let mark = tx.mark();

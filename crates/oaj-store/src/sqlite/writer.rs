@@ -460,8 +460,8 @@ fn copy_error(error: &StoreError) -> StoreError {
     }
 }
 
-/// What the writer thread tells others after a commit: the events, to the publish thread, and
-/// that jobs became claimable, to the workers.
+/// The channels the writer thread signals after a commit: the publish thread, with the events,
+/// and the workers, when jobs became claimable.
 struct Wake {
     events: std::sync::mpsc::Sender<Vec<Event>>,
     notify: Arc<Notify>,
@@ -586,10 +586,10 @@ mod tests {
         (task, release)
     }
 
-    /// One group holds a request that fails after it wrote, one that panics after it wrote, one
+    /// One group contains a request that fails after it wrote, one that panics after it wrote, one
     /// that fails before it writes, and two that succeed. Only the changes of the two stay.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn failed_requests_leave_no_change_in_a_shared_group() {
+    async fn failed_requests_leave_no_change() {
         let (writer, _folder, path) = writer_on_table();
         let runs = Arc::new(AtomicUsize::new(0));
         let (held, release) = hold(&writer).await;
