@@ -79,23 +79,22 @@ async fn dependent_fails_with_reason(store: Arc<dyn Store>) {
     assert_eq!(dependent.finished_at, Some(T0 + 1));
 }
 
-async fn dependency_failure_cascades(store: Arc<dyn Store>) {
-    workflow_setup(&store).await;
-    let ids = store
-        .job_insert_many(
-            vec![
-                job_new(T0),
-                job_after(T0, vec![JobRef::Index(0)]),
-                job_after(T0, vec![JobRef::Index(1)]),
-            ],
-            None,
-        )
-        .await
-        .unwrap();
+/// Inserts a chain of `length` jobs, each waiting for the one before, then cancels the first at
+/// `T0 + 1`. Returns the ids in chain order.
+async fn chain_with_first_cancelled(store: &Arc<dyn Store>, length: usize) -> Vec<String> {
+    workflow_setup(store).await;
+    let mut jobs = vec![job_new(T0)];
+    jobs.extend((1..length).map(|index| job_after(T0, vec![JobRef::Index(index - 1)])));
+    let ids = store.job_insert_many(jobs, None).await.unwrap();
     store
         .job_action(&ids[0], JobAction::Cancel, T0 + 1)
         .await
         .unwrap();
+    ids
+}
+
+async fn dependency_failure_cascades(store: Arc<dyn Store>) {
+    let ids = chain_with_first_cancelled(&store, 3).await;
 
     let middle = job(&store, &ids[1]).await;
     assert_eq!(middle.state, JobState::Failed);
@@ -258,18 +257,7 @@ async fn dependencies_ending_at_once_settle(store: Arc<dyn Store>) {
 /// Checks that a retried job no longer waits for the dependency that failed it: a pause and a
 /// resume after the retry queue it again instead of leaving it pending for ever.
 async fn retried_dependent_resumes_to_queue(store: Arc<dyn Store>) {
-    workflow_setup(&store).await;
-    let ids = store
-        .job_insert_many(
-            vec![job_new(T0), job_after(T0, vec![JobRef::Index(0)])],
-            None,
-        )
-        .await
-        .unwrap();
-    store
-        .job_action(&ids[0], JobAction::Cancel, T0 + 1)
-        .await
-        .unwrap();
+    let ids = chain_with_first_cancelled(&store, 2).await;
     assert_eq!(job(&store, &ids[1]).await.state, JobState::Failed);
 
     let retried = store
