@@ -14,7 +14,7 @@ use crate::model::{ClaimParams, ClaimedJob, Control, Job, Lease, LeaseExtend, Le
 // The claim reads whole rows and applies the changes of UPDATE_CLAIM to them in memory
 // (`claimed_row`). Reading each claimed job back after its update cost one more statement and one
 // more lookup by id for every job, and RETURNING would build a temporary table on every call.
-const SELECT_QUEUED: &str = concat!(
+pub(crate) const SELECT_QUEUED: &str = concat!(
     "SELECT ",
     job_columns!(),
     " FROM jobs WHERE state = 'queued' ORDER BY claim_key, id LIMIT ?1"

@@ -70,43 +70,32 @@ mod tests {
     use super::*;
     use crate::sqlite::connection;
 
-    #[test]
-    fn claim_reads_queued_index_in_order() {
+    /// Opens a new migrated file, runs `explain` (an `EXPLAIN` or `EXPLAIN QUERY PLAN` statement)
+    /// and returns the text of `column` in each row: the opcode of `EXPLAIN` (1), or the step of
+    /// a query plan (3).
+    fn explained(explain: &str, column: usize) -> Vec<String> {
         let folder = tempfile::tempdir().expect("temporary folder");
         let path = folder.path().join("oaj.db");
         let mut conn = connection::open_writer(&path, Duration::from_secs(1)).expect("open");
         migrate(&mut conn, &path).expect("migrate");
-        // The statement the claim runs, from sqlite/claims.rs.
-        let sql = "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state = 'queued' \
-                   ORDER BY claim_key, id LIMIT ?1";
-        let plan: Vec<String> = conn
-            .prepare(sql)
-            .expect("the claim prepares")
-            .query_map([1000], |row| row.get(3))
-            .expect("the plan runs")
-            .map(|step| step.expect("a plan step"))
+        let mut statement = conn.prepare(explain).expect("the statement prepares");
+        // EXPLAIN does not run the statement, and our plans do not depend on bound values, so
+        // NULL for every parameter is enough.
+        let nulls = vec![rusqlite::types::Null; statement.parameter_count()];
+        let rows = statement
+            .query_map(rusqlite::params_from_iter(nulls), |row| row.get(column))
+            .expect("the explanation runs")
+            .map(|row| row.expect("a row of the explanation"))
             .collect();
-        assert_eq!(plan.len(), 1, "{plan:?}");
-        assert!(plan[0].contains("INDEX jobs_queued"), "{plan:?}");
+        rows
     }
 
-    /// Opens a migrated file and returns the opcodes SQLite compiles `sql` to.
-    fn opcodes(sql: &str) -> Vec<String> {
-        let folder = tempfile::tempdir().expect("temporary folder");
-        let path = folder.path().join("oaj.db");
-        let mut conn = connection::open_writer(&path, Duration::from_secs(1)).expect("open");
-        migrate(&mut conn, &path).expect("migrate");
-        let mut statement = conn
-            .prepare(&format!("EXPLAIN {sql}"))
-            .expect("the statement prepares");
-        // EXPLAIN does not run the program, so NULL for every parameter is enough.
-        let nulls = vec![rusqlite::types::Null; statement.parameter_count()];
-        let opcodes = statement
-            .query_map(rusqlite::params_from_iter(nulls), |row| row.get(1))
-            .expect("the program lists")
-            .map(|opcode| opcode.expect("an opcode"))
-            .collect();
-        opcodes
+    #[test]
+    fn claim_reads_queued_index_in_order() {
+        let claim = crate::sqlite::claims::SELECT_QUEUED;
+        let plan = explained(&format!("EXPLAIN QUERY PLAN {claim}"), 3);
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert!(plan[0].contains("INDEX jobs_queued"), "{plan:?}");
     }
 
     #[test]
@@ -115,7 +104,7 @@ mod tests {
             crate::sqlite::job_moves::UPDATE_MOVE,
             crate::sqlite::claims::UPDATE_CLAIM,
         ] {
-            let opcodes = opcodes(sql);
+            let opcodes = explained(&format!("EXPLAIN {sql}"), 1);
             assert!(opcodes.iter().any(|op| op == "IdxInsert"), "{opcodes:?}");
             assert!(
                 !opcodes.iter().any(|op| op == "OpenEphemeral"),
@@ -126,21 +115,13 @@ mod tests {
 
     #[test]
     fn pruning_reads_finished_index() {
-        let sql = format!(
-            "EXPLAIN QUERY PLAN {}",
-            crate::sqlite::maintenance::DELETE_EXPIRED
+        let plan = explained(
+            &format!(
+                "EXPLAIN QUERY PLAN {}",
+                crate::sqlite::maintenance::DELETE_EXPIRED
+            ),
+            3,
         );
-        let folder = tempfile::tempdir().expect("temporary folder");
-        let path = folder.path().join("oaj.db");
-        let mut conn = connection::open_writer(&path, Duration::from_secs(1)).expect("open");
-        migrate(&mut conn, &path).expect("migrate");
-        let plan: Vec<String> = conn
-            .prepare(&sql)
-            .expect("the pruning prepares")
-            .query_map([0, 100], |row| row.get(3))
-            .expect("the plan runs")
-            .map(|step| step.expect("a plan step"))
-            .collect();
         assert!(
             plan.iter().any(|step| step.contains("INDEX jobs_finished")),
             "{plan:?}"
