@@ -639,6 +639,31 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 3);
     }
 
+    /// A request during which the transaction ends (as SQLite ends it on a full disk) stops the
+    /// group: the requests after it must not run outside a transaction, where each statement
+    /// would commit on its own while its caller gets an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ended_transaction_stops_group() {
+        let (writer, _folder, path) = writer_on_table();
+        let (held, release) = hold(&writer).await;
+        let before = send(&writer, |tx| insert(tx, 2)).await;
+        let ends = send(&writer, |tx| {
+            tx.conn.execute_batch("ROLLBACK")?;
+            Ok(())
+        })
+        .await;
+        let after = send(&writer, |tx| insert(tx, 3)).await;
+        release.send(()).expect("the held request waits");
+
+        held.await
+            .expect("no panic")
+            .expect("the held request commits");
+        assert!(before.await.expect("no panic").is_err());
+        assert!(ends.await.expect("no panic").is_err());
+        assert!(after.await.expect("no panic").is_err());
+        assert_eq!(numbers(&path), vec![1]);
+    }
+
     /// A request that fails before writing leaves the rest of its group as it ran.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failure_before_writing_runs_group_once() {
