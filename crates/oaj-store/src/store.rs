@@ -77,8 +77,33 @@ pub trait Store: Send + Sync + 'static {
     /// Fetches one job.
     async fn job_get(&self, id: &str) -> Result<Option<Job>, StoreError>;
 
-    /// Lists jobs, newest first, with filters and a cursor.
-    async fn job_list(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError>;
+    /// Lists jobs newest first (by creation time, then id), with filters and a cursor: the jobs
+    /// created before the job `filter.before_id`, which must exist.
+    ///
+    /// It is [`Store::job_query`] in [`JobSort::CreatedDesc`] order, so that both lists read the
+    /// same indexes and a job's state changes update no index kept for this list alone.
+    async fn job_list(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError> {
+        let after = match &filter.before_id {
+            Some(id) => {
+                let job = self
+                    .job_get(id)
+                    .await?
+                    .ok_or_else(|| StoreError::JobNotFound(id.clone()))?;
+                Some(JobCursor::after(&job, JobSort::CreatedDesc))
+            }
+            None => None,
+        };
+        let query = JobQuery {
+            states: filter.states,
+            workflow_id: filter.workflow_id,
+            batch_id: filter.batch_id,
+            sort: JobSort::CreatedDesc,
+            after,
+            limit: filter.limit,
+            ..JobQuery::default()
+        };
+        self.job_query(query).await
+    }
 
     /// Lists jobs matching `query` in its order, starting after its cursor. Paging with
     /// [`JobCursor::after`] of each page's last job neither skips nor repeats a job, because every

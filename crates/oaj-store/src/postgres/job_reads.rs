@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use oaj_core::{JobState, Priority};
-use tokio_postgres::types::ToSql;
 
 use super::db::Db;
 use super::job_moves::job_head;
@@ -13,11 +12,10 @@ use super::rows::{
 };
 use super::tx::PgTx;
 use crate::error::StoreError;
-use crate::model::{Attempt, Event, EventFilter, Job, JobFilter, StepRun};
+use crate::model::{Attempt, Event, EventFilter, Job, StepRun};
 use crate::sqlite::errors::corrupt;
 
 const SELECT_JOB: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
-const SELECT_JOBS: &str = concat!("SELECT ", job_columns!(), " FROM jobs");
 const SELECT_QUEUE_DEPTH: &str =
     "SELECT priority, COUNT(*) FROM jobs WHERE state = 'queued' GROUP BY priority";
 const SELECT_COUNTS: &str = "SELECT state, count FROM job_counts";
@@ -58,11 +56,6 @@ const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = $1";
 // event committed by a transaction that held the job's row before the delete locked it.
 pub(crate) const DELETE_JOB_EVENTS: &str =
     "DELETE FROM events e USING unnest($1::text[]) AS d (job_id) WHERE e.job_id = d.job_id";
-
-/// Jobs returned by one list when the filter sets no limit.
-const LIST_LIMIT_DEFAULT: u32 = 100;
-/// The maximum number of jobs one list returns, whatever limit the filter requests.
-const LIST_LIMIT_MAX: u32 = 1000;
 /// Events returned by one list when the filter sets no limit, and the maximum it may request.
 const EVENT_LIMIT_DEFAULT: u32 = 1000;
 
@@ -72,41 +65,6 @@ pub(crate) async fn job_get(db: Db<'_>, id: &str) -> Result<Option<Job>, StoreEr
         Some(row) => Ok(Some(job_from_row(&row)?)),
         None => Ok(None),
     }
-}
-
-/// Lists jobs newest first (by id, since UUIDv7 ids sort by creation time), with filters.
-pub(crate) async fn job_list(db: Db<'_>, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-    let states: Vec<&str> = filter.states.iter().map(|state| state.as_str()).collect();
-    let limit = i64::from(match filter.limit {
-        0 => LIST_LIMIT_DEFAULT,
-        limit => limit.min(LIST_LIMIT_MAX),
-    });
-    let mut conditions = Vec::new();
-    let mut values: Vec<&(dyn ToSql + Sync)> = Vec::new();
-    if !states.is_empty() {
-        values.push(&states);
-        conditions.push(format!("state = ANY(${}::text[])", values.len()));
-    }
-    let equal = [
-        ("workflow_id =", &filter.workflow_id),
-        ("batch_id =", &filter.batch_id),
-        ("id <", &filter.before_id),
-    ];
-    for (condition, value) in equal {
-        if let Some(value) = value {
-            values.push(value);
-            conditions.push(format!("{condition} ${}", values.len()));
-        }
-    }
-    values.push(&limit);
-
-    let mut sql = SELECT_JOBS.to_owned();
-    if !conditions.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conditions.join(" AND "));
-    }
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len()));
-    decode_all(db.query(&sql, &values).await?, job_from_row)
 }
 
 /// Reads the job counters.

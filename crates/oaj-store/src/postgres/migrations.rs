@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0003_job_list_created.sql"),
     include_str!("../../migrations/postgres/0004_claim_queued.sql"),
     include_str!("../../migrations/postgres/0005_events_without_job_key.sql"),
+    include_str!("../../migrations/postgres/0006_list_indexes_by_creation.sql"),
 ];
 
 const LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";

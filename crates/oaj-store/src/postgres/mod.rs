@@ -321,11 +321,6 @@ impl Store for PostgresStore {
         job_reads::job_get(Db::Client(&client), id).await
     }
 
-    async fn job_list(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError> {
-        let client = self.client().await?;
-        job_reads::job_list(Db::Client(&client), &filter).await
-    }
-
     async fn job_query(&self, query: JobQuery) -> Result<Vec<Job>, StoreError> {
         let client = self.client().await?;
         job_query::job_query(Db::Client(&client), &query).await

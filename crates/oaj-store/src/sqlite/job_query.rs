@@ -48,8 +48,9 @@ fn job_query_sql(query: &JobQuery) -> (String, Vec<SqlValue>) {
         conditions.push(condition.to_owned());
         values.extend(cursor_values);
     }
-    // NOTE: an index gives this order only with no filter or a single state (migration 0003).
-    // More states, a workflow or batch filter, or priority_desc sort every matching row.
+    // NOTE: an index gives this order only with no filter, or with a single state, workflow or
+    // batch (migrations 0003 and 0005). More states, two of those filters, or priority_desc sort
+    // every matching row.
     let order = match query.sort {
         JobSort::CreatedDesc => "created_at DESC, id DESC",
         JobSort::CreatedAsc => "created_at ASC, id ASC",
@@ -155,7 +156,16 @@ mod tests {
             },
             JobQuery {
                 sort: JobSort::CreatedAsc,
+                after: Some(cursor.clone()),
+                ..JobQuery::default()
+            },
+            JobQuery {
+                workflow_id: Some("w".to_owned()),
                 after: Some(cursor),
+                ..JobQuery::default()
+            },
+            JobQuery {
+                batch_id: Some("b".to_owned()),
                 ..JobQuery::default()
             },
         ];

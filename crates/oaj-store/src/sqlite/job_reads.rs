@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 
 use oaj_core::{JobState, Priority};
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter, Connection};
+use rusqlite::{params, Connection};
 
 use super::job_moves::job_head;
 use super::rows::{
@@ -13,10 +12,9 @@ use super::rows::{
 };
 use super::writer::WriteTx;
 use crate::error::StoreError;
-use crate::model::{Attempt, Job, JobFilter, StepRun};
+use crate::model::{Attempt, Job, StepRun};
 
 const SELECT_JOB: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?1");
-const SELECT_JOBS: &str = concat!("SELECT ", job_columns!(), " FROM jobs");
 const SELECT_QUEUE_DEPTH: &str =
     "SELECT priority, COUNT(*) FROM jobs WHERE state = 'queued' GROUP BY priority";
 const SELECT_COUNTS: &str = "SELECT state, count FROM job_counts";
@@ -32,54 +30,9 @@ const SELECT_ATTEMPTS: &str = concat!(
 );
 const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = ?1";
 
-/// Jobs returned by one list when the filter sets no limit.
-const LIST_LIMIT_DEFAULT: u32 = 100;
-/// The maximum number of jobs one list returns, whatever limit the filter requests.
-const LIST_LIMIT_MAX: u32 = 1000;
-
 /// Reads one job.
 pub(crate) fn job_get(conn: &Connection, id: &str) -> Result<Option<Job>, StoreError> {
     query_first(conn, SELECT_JOB, [id], job_from_row)
-}
-
-/// Lists jobs newest first (by id, since UUIDv7 ids sort by creation time), with filters.
-pub(crate) fn job_list(conn: &Connection, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-    let mut conditions = Vec::new();
-    let mut values: Vec<SqlValue> = Vec::new();
-    if !filter.states.is_empty() {
-        let marks = vec!["?"; filter.states.len()].join(", ");
-        conditions.push(format!("state IN ({marks})"));
-        values.extend(
-            filter
-                .states
-                .iter()
-                .map(|state| state.as_str().to_owned().into()),
-        );
-    }
-    let equal = [
-        ("workflow_id = ?", &filter.workflow_id),
-        ("batch_id = ?", &filter.batch_id),
-        ("id < ?", &filter.before_id),
-    ];
-    for (condition, value) in equal {
-        if let Some(value) = value {
-            conditions.push(condition.to_owned());
-            values.push(value.clone().into());
-        }
-    }
-    let limit = match filter.limit {
-        0 => LIST_LIMIT_DEFAULT,
-        limit => limit.min(LIST_LIMIT_MAX),
-    };
-    values.push(i64::from(limit).into());
-
-    let mut sql = SELECT_JOBS.to_owned();
-    if !conditions.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conditions.join(" AND "));
-    }
-    sql.push_str(" ORDER BY id DESC LIMIT ?");
-    query_all(conn, &sql, params_from_iter(values), job_from_row)
 }
 
 /// Reads the job counters.

@@ -201,12 +201,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn job_list(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError> {
-        self.readers
-            .read(move |conn| job_reads::job_list(conn, &filter))
-            .await
-    }
-
     async fn job_query(&self, query: JobQuery) -> Result<Vec<Job>, StoreError> {
         self.readers
             .read(move |conn| job_query::job_query(conn, &query))

@@ -240,6 +240,39 @@ async fn concurrent_failure_keeps_other_writes(store: Arc<dyn Store>) {
     assert_eq!(store.job_counts().await.unwrap()[&JobState::Queued], 10);
 }
 
+/// Checks that the list goes by creation time, then id, as `job_query` does, and not by id alone:
+/// a job inserted later with an earlier creation time comes after one created later.
+async fn job_list_orders_by_creation_time(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let created_late = insert(&store, job_new(T0 + 10)).await;
+    let created_early = insert(&store, job_new(T0)).await;
+    let listed = store.job_list(JobFilter::default()).await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|job| job.id.as_str()).collect();
+    assert_eq!(ids, [created_late.as_str(), created_early.as_str()]);
+
+    let after_first = JobFilter {
+        before_id: Some(created_late.clone()),
+        ..JobFilter::default()
+    };
+    let listed = store.job_list(after_first).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, created_early);
+}
+
+async fn job_list_cursor_of_missing_job_fails(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    insert(&store, job_new(T0)).await;
+    let filter = JobFilter {
+        before_id: Some("no-such-job".to_owned()),
+        ..JobFilter::default()
+    };
+    let error = store.job_list(filter).await.unwrap_err();
+    assert!(
+        matches!(&error, StoreError::JobNotFound(id) if id == "no-such-job"),
+        "{error:?}"
+    );
+}
+
 crate::store_tests!(
     concurrent_failure_keeps_other_writes,
     job_insert_then_get,
@@ -250,6 +283,8 @@ crate::store_tests!(
     job_list_newest_first_with_cursor,
     job_list_filters_state_and_workflow,
     job_list_limit_capped,
+    job_list_orders_by_creation_time,
+    job_list_cursor_of_missing_job_fails,
     job_counts_follow_changes,
     job_delete_only_when_ended,
 );

@@ -40,7 +40,7 @@ pub enum JobsAction {
         /// Most jobs listed.
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
-        /// Only jobs older than this job id (the last id of the previous page).
+        /// Only jobs created before this job (the last id of the previous page).
         #[arg(long)]
         before: Option<String>,
     },
