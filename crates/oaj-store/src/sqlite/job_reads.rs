@@ -29,6 +29,8 @@ const SELECT_ATTEMPTS: &str = concat!(
     " FROM attempts WHERE job_id = ?1 ORDER BY id"
 );
 const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = ?1";
+// Events have no foreign key to their job (migration 0006), so they are deleted with it here.
+pub(crate) const DELETE_JOB_EVENTS: &str = "DELETE FROM events WHERE job_id = ?1";
 
 /// Reads one job.
 pub(crate) fn job_get(conn: &Connection, id: &str) -> Result<Option<Job>, StoreError> {
@@ -88,6 +90,9 @@ pub(crate) fn job_delete(tx: &mut WriteTx<'_>, id: &str) -> Result<(), StoreErro
         });
     }
     tx.conn.prepare_cached(DELETE_JOB)?.execute(params![id])?;
+    tx.conn
+        .prepare_cached(DELETE_JOB_EVENTS)?
+        .execute(params![id])?;
     tx.count_add(head.state, -1);
     Ok(())
 }

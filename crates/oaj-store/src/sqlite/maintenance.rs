@@ -6,6 +6,7 @@ use rusqlite::params;
 use serde_json::json;
 
 use super::job_moves::{job_end, job_head, job_move, JobMove};
+use super::job_reads::DELETE_JOB_EVENTS;
 use super::rows::{query_all, query_value};
 use super::worker_writes::step_event;
 use super::writer::WriteTx;
@@ -26,7 +27,7 @@ const SELECT_DUE: &str = "SELECT id FROM jobs WHERE state = 'pending' AND run_at
 // Only jobs in a final state have a `finished_at` (migration 0004). Naming the states here as
 // well made the planner pick jobs_state_created and sort every finished job.
 pub(crate) const DELETE_EXPIRED: &str = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs
-    WHERE finished_at < ?1 ORDER BY finished_at LIMIT ?2) RETURNING state";
+    WHERE finished_at < ?1 ORDER BY finished_at LIMIT ?2) RETURNING id, state";
 
 /// The decision for a job whose lease expired.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,24 +185,28 @@ pub(crate) fn retain(
         return Ok(());
     };
     let cutoff = params.now.saturating_sub(retention_ms);
-    let states = query_all(
+    let deleted = query_all(
         tx.conn,
         DELETE_EXPIRED,
         params![cutoff, params.batch_size],
         |row| {
-            let state: String = row.get(0)?;
-            state
+            let id: String = row.get(0)?;
+            let state: String = row.get(1)?;
+            let state = state
                 .parse::<JobState>()
-                .map_err(|_| super::errors::corrupt("jobs.state", state))
+                .map_err(|_| super::errors::corrupt("jobs.state", state))?;
+            Ok((id, state))
         },
     )?;
-    for state in JobState::ALL {
-        let count = states.iter().filter(|deleted| **deleted == state).count() as i64;
-        if count > 0 {
-            tx.count_add(state, -count);
-        }
+    let mut delete_events = tx.conn.prepare_cached(DELETE_JOB_EVENTS)?;
+    for (id, _) in &deleted {
+        delete_events.execute(params![id])?;
     }
-    report.deleted += states.len() as u64;
+    drop(delete_events);
+    for (_, state) in &deleted {
+        tx.count_add(*state, -1);
+    }
+    report.deleted += deleted.len() as u64;
     Ok(())
 }
 

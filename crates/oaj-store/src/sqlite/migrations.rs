@@ -13,6 +13,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_workers.sql"),
     include_str!("../../migrations/0003_job_list_created.sql"),
     include_str!("../../migrations/0004_jobs_finished_not_null.sql"),
+    include_str!("../../migrations/0005_list_indexes_by_creation.sql"),
+    include_str!("../../migrations/0006_events_without_job_key.sql"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -130,5 +132,62 @@ mod tests {
             !plan.iter().any(|step| step.contains("TEMP B-TREE")),
             "{plan:?}"
         );
+    }
+
+    #[test]
+    fn events_copy_keeps_sequence_numbers() {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let path = folder.path().join("oaj.db");
+        let mut conn = connection::open_writer(&path, Duration::from_secs(1)).expect("open");
+        // A file at version 5, with events whose newest one was deleted: the next event must
+        // not take its number.
+        conn.execute(CREATE_TABLE, [])
+            .expect("create schema_migrations");
+        for (version, sql) in (1..).zip(&MIGRATIONS[..5]) {
+            conn.execute_batch(sql).expect("an old migration");
+            conn.execute(INSERT_VERSION, [version]).expect("record it");
+        }
+        conn.execute_batch(
+            "INSERT INTO workflows VALUES ('w', '1.0.0', 1, 0, 0, 1, '{}', 0);
+             INSERT INTO jobs (id, workflow_id, workflow_version, state, priority, claim_key,
+                 input, tags, metadata, depends_on, on_dependency_failure, created_at, updated_at)
+                 VALUES ('j', 'w', '1.0.0', 'queued', 2, 0, '{}', '[]', '{}', '[]', 'fail', 0, 0);
+             INSERT INTO events (kind, job_id, data, at) VALUES ('job.created', 'j', '{}', 0);
+             INSERT INTO events (kind, job_id, data, at) VALUES ('job.running', 'j', '{}', 1);
+             INSERT INTO events (kind, job_id, data, at) VALUES ('job.completed', 'j', '{}', 2);
+             DELETE FROM events WHERE seq = 3;",
+        )
+        .expect("fill");
+
+        migrate(&mut conn, &path).expect("migrate");
+        let remaining: Vec<(i64, String)> = conn
+            .prepare("SELECT seq, kind FROM events ORDER BY seq")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect()
+            })
+            .expect("read events");
+        assert_eq!(
+            remaining,
+            [(1, "job.created".to_owned()), (2, "job.running".to_owned())]
+        );
+        let seq: i64 = conn
+            .query_row(
+                "INSERT INTO events (kind, job_id, data, at) VALUES ('job.deleted', 'gone', '{}', 3)
+                 RETURNING seq",
+                [],
+                |row| row.get(0),
+            )
+            .expect("an event of a job that does not exist is stored");
+        assert_eq!(seq, 4);
+        let keys: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_foreign_key_list('events')",
+                [],
+                |row| row.get(0),
+            )
+            .expect("read the foreign keys");
+        assert_eq!(keys, 0);
     }
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use oaj_core::JobState;
 use oaj_store::{
-    AttemptState, Control, JobAction, JobNew, JobOutcome, MaintenanceParams, StepState, Store,
+    AttemptState, Control, EventFilter, JobAction, JobNew, JobOutcome, MaintenanceParams,
+    StepState, Store,
 };
 use serde_json::json;
 
@@ -170,6 +171,60 @@ async fn retention_works_in_batches(store: Arc<dyn Store>) {
     assert_eq!(store.job_counts().await.unwrap()[&JobState::Cancelled], 0);
 }
 
+/// Events have no foreign key to their job (SQLite migration 0006, PostgreSQL migration 0005), so
+/// deleting a job, by hand or by retention, must delete its events too, and only its events.
+async fn job_delete_removes_its_events(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let mut ids = Vec::new();
+    for offset in 0..3 {
+        let id = insert(&store, job_new(T0 + offset)).await;
+        let claimed = claim_one(&store, T0 + offset).await;
+        assert_eq!(claimed.job.id, id);
+        finish(
+            &store,
+            &claimed.lease,
+            JobOutcome::Completed(json!({})),
+            T0 + offset,
+        )
+        .await;
+        ids.push(id);
+    }
+    let queued_id = insert(&store, job_new(T0 + 10)).await;
+
+    store.job_delete(&ids[0]).await.unwrap();
+    let retention = MaintenanceParams {
+        retention_ms: Some(1),
+        ..params(T0 + 10)
+    };
+    let report = store.maintenance(retention).await.unwrap();
+    assert_eq!(
+        report.deleted, 2,
+        "retention deletes the two other ended jobs"
+    );
+
+    for id in &ids {
+        assert_eq!(
+            job_events(&store, id).await,
+            0,
+            "events of deleted job {id}"
+        );
+    }
+    assert_eq!(
+        job_events(&store, &queued_id).await,
+        1,
+        "the queued job keeps its event"
+    );
+}
+
+/// Counts the stored events of one job.
+async fn job_events(store: &Arc<dyn Store>, job_id: &str) -> usize {
+    let filter = EventFilter {
+        job_id: Some(job_id.to_owned()),
+        ..EventFilter::default()
+    };
+    store.event_list(filter).await.unwrap().len()
+}
+
 crate::store_tests!(
     rescue_requeues_expired_lease,
     rescue_fails_after_max_interruptions,
@@ -178,4 +233,5 @@ crate::store_tests!(
     parked_job_promoted_at_deadline,
     retention_deletes_only_old_ended_jobs,
     retention_works_in_batches,
+    job_delete_removes_its_events,
 );

@@ -257,64 +257,6 @@ async fn maintenance_lead_passes_when_connection_killed() {
     );
 }
 
-/// Events have no foreign key to their job, so deleting a job, by hand or by retention, must
-/// delete its events too, and only its events.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_delete_removes_its_events() {
-    let Some(store) = postgres_store().await else {
-        return;
-    };
-    workflow_setup(&store).await;
-    let mut ids = Vec::new();
-    for offset in 0..3 {
-        let id = insert(&store, job_new(T0 + offset)).await;
-        let claimed = claim_one(&store, T0 + offset).await;
-        assert_eq!(claimed.job.id, id);
-        finish(
-            &store,
-            &claimed.lease,
-            JobOutcome::Completed(json!({})),
-            T0 + offset,
-        )
-        .await;
-        ids.push(id);
-    }
-    let queued_id = insert(&store, job_new(T0 + 10)).await;
-
-    store.job_delete(&ids[0]).await.unwrap();
-    let retention = MaintenanceParams {
-        retention_ms: Some(1),
-        ..maintenance_at(T0 + 10)
-    };
-    let report = store.maintenance(retention).await.unwrap();
-    assert_eq!(
-        report.deleted, 2,
-        "retention deletes the two other ended jobs"
-    );
-
-    for id in &ids {
-        assert_eq!(
-            job_events(&store, id).await,
-            0,
-            "events of deleted job {id}"
-        );
-    }
-    assert_eq!(
-        job_events(&store, &queued_id).await,
-        1,
-        "the queued job keeps its event"
-    );
-}
-
-/// Counts the stored events of one job.
-async fn job_events(store: &Arc<dyn Store>, job_id: &str) -> usize {
-    let filter = EventFilter {
-        job_id: Some(job_id.to_owned()),
-        ..EventFilter::default()
-    };
-    store.event_list(filter).await.unwrap().len()
-}
-
 /// Reads events from the last sequence number seen, as a client resuming with Last-Event-ID
 /// does, until `is_done` is set and a read returns nothing.
 async fn events_follow(store: Arc<dyn Store>, is_done: Arc<AtomicBool>) -> Vec<i64> {
