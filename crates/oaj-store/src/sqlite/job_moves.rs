@@ -11,9 +11,11 @@ use crate::error::StoreError;
 use crate::model::{DependencyFailure, Lease};
 
 // Every move leaves the job without a lease and without a pending user request, because both
-// exist only while a worker has the job. Claims set them in their own statement.
+// exist only while a worker has the job. Claims set them in their own statement. `OR FAIL` spares
+// SQLite a statement journal (see "Hot statements run without a statement journal" in
+// docs/ARCHITECTURE.md).
 pub(crate) const UPDATE_MOVE: &str =
-    "UPDATE jobs SET state = ?2, updated_at = ?3, lease_owner = NULL,
+    "UPDATE OR FAIL jobs SET state = ?2, updated_at = ?3, lease_owner = NULL,
     lease_expires_at = NULL, control = NULL, claim_key = COALESCE(?4, claim_key),
     finished_at = ?5, result = ?6, error = ?7, run_at = CASE WHEN ?8 THEN ?9 ELSE run_at END
     WHERE id = ?1";
