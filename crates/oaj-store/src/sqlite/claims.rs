@@ -5,7 +5,7 @@ use rusqlite::{params, Connection};
 use serde_json::json;
 
 use super::job_reads::step_run_list;
-use super::rows::{job_columns, job_from_row, query_all, query_first};
+use super::rows::{job_columns, job_from_row, query_all, query_first, JOB_COLUMN_COUNT};
 use super::workflows::WorkflowCache;
 use super::writer::WriteTx;
 use crate::error::StoreError;
@@ -14,21 +14,24 @@ use crate::model::{ClaimParams, ClaimedJob, Control, Job, Lease, LeaseExtend, Le
 // The claim reads whole rows and applies the changes of UPDATE_CLAIM to them in memory
 // (`claimed_row`). Reading each claimed job back after its update cost one more statement and one
 // more lookup by id for every job, and RETURNING would build a temporary table on every call.
+// Each row comes with its rowid, by which UPDATE_CLAIM finds it.
 pub(crate) const SELECT_QUEUED: &str = concat!(
     "SELECT ",
     job_columns!(),
-    " FROM jobs WHERE state = 'queued' ORDER BY claim_key, id LIMIT ?1"
+    ", rowid FROM jobs WHERE state = 'queued' ORDER BY claim_key, id LIMIT ?1"
 );
 const SELECT_QUEUED_AMONG: &str = concat!(
     "SELECT ",
     job_columns!(),
-    " FROM jobs WHERE state = 'queued' AND id IN (SELECT value FROM json_each(?2))
+    ", rowid FROM jobs WHERE state = 'queued' AND id IN (SELECT value FROM json_each(?2))
     ORDER BY claim_key, id LIMIT ?1"
 );
-// `OR FAIL` spares SQLite a statement journal, as in `UPDATE_MOVE`.
+// `OR FAIL` spares SQLite a statement journal, and the rowid a search of the index of ids, as in
+// `UPDATE_MOVE`.
 pub(crate) const UPDATE_CLAIM: &str = "UPDATE OR FAIL jobs SET state = 'running',
-    lease_owner = ?2, lease_token = lease_token + 1, lease_expires_at = ?3, started_at = COALESCE(started_at, ?4),
-    updated_at = ?4, control = NULL WHERE id = ?1 AND state = 'queued'";
+    lease_owner = ?2, lease_token = lease_token + 1, lease_expires_at = ?3,
+    started_at = COALESCE(started_at, ?4), updated_at = ?4, control = NULL
+    WHERE rowid = ?1 AND state = 'queued'";
 const SELECT_LEASE: &str = "SELECT lease_token, state FROM jobs WHERE id = ?1";
 const UPDATE_EXTEND: &str = "UPDATE jobs SET lease_expires_at = ?3
     WHERE id = ?1 AND lease_token = ?2 AND state = 'running' RETURNING control";
@@ -40,20 +43,23 @@ pub(crate) fn job_claim(
     params: &ClaimParams,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
     transition(JobState::Queued, Transition::Claim).expect("queued jobs can be claimed");
+    let with_rowid = |row: &rusqlite::Row<'_>| -> Result<(Job, i64), StoreError> {
+        Ok((job_from_row(row)?, row.get(JOB_COLUMN_COUNT)?))
+    };
     let jobs = if params.job_ids.is_empty() {
-        query_all(tx.conn, SELECT_QUEUED, [params.limit], job_from_row)?
+        query_all(tx.conn, SELECT_QUEUED, [params.limit], with_rowid)?
     } else {
         let among = serde_json::to_string(&params.job_ids).expect("strings serialize");
         query_all(
             tx.conn,
             SELECT_QUEUED_AMONG,
             params![params.limit, among],
-            job_from_row,
+            with_rowid,
         )?
     };
     let mut claimed = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        claimed.push(claim_one(tx, cache, params, job)?);
+    for (job, rowid) in jobs {
+        claimed.push(claim_one(tx, cache, params, job, rowid)?);
     }
     let count = i64::try_from(claimed.len()).expect("a claim returns few jobs");
     tx.count_add(JobState::Queued, -count);
@@ -66,11 +72,12 @@ fn claim_one(
     cache: &WorkflowCache,
     params: &ClaimParams,
     queued: Job,
+    rowid: i64,
 ) -> Result<ClaimedJob, StoreError> {
     let id = queued.id.as_str();
     let expires_at = params.now + params.lease_ms;
     let changed = tx.conn.prepare_cached(UPDATE_CLAIM)?.execute(params![
-        id,
+        rowid,
         params.worker_id,
         expires_at,
         params.now

@@ -13,19 +13,20 @@ use crate::model::{DependencyFailure, Lease};
 // Every move leaves the job without a lease and without a pending user request, because both
 // exist only while a worker has the job. Claims set them in their own statement. `OR FAIL` spares
 // SQLite a statement journal (see "Hot statements run without a statement journal" in
-// docs/ARCHITECTURE.md).
+// docs/ARCHITECTURE.md). The row is found by the rowid its head was read with, which skips a
+// search of the index of ids.
 pub(crate) const UPDATE_MOVE: &str =
     "UPDATE OR FAIL jobs SET state = ?2, updated_at = ?3, lease_owner = NULL,
     lease_expires_at = NULL, control = NULL, claim_key = COALESCE(?4, claim_key),
     finished_at = ?5, result = ?6, error = ?7, run_at = CASE WHEN ?8 THEN ?9 ELSE run_at END
-    WHERE id = ?1";
-const SELECT_HEAD: &str =
-    "SELECT state, priority, on_dependency_failure, run_at, control FROM jobs WHERE id = ?1";
+    WHERE rowid = ?1";
+const SELECT_HEAD: &str = "SELECT state, priority, on_dependency_failure, run_at, control,
+    rowid FROM jobs WHERE id = ?1";
 const SELECT_HEAD_LEASED: &str = "SELECT state, priority, on_dependency_failure, run_at,
-    control, lease_token FROM jobs WHERE id = ?1";
+    control, rowid, lease_token FROM jobs WHERE id = ?1";
 const SELECT_UNSETTLED_DEPENDENTS: &str = "SELECT d.job_id, d.position, j.state, j.priority,
-    j.on_dependency_failure, j.run_at FROM job_dependencies d JOIN jobs j ON j.id = d.job_id
-    WHERE d.depends_on_id = ?1 AND d.settled = 0";
+    j.on_dependency_failure, j.run_at, j.rowid FROM job_dependencies d
+    JOIN jobs j ON j.id = d.job_id WHERE d.depends_on_id = ?1 AND d.settled = 0";
 const UPDATE_SETTLE_EDGE: &str =
     "UPDATE job_dependencies SET settled = 1 WHERE job_id = ?1 AND position = ?2";
 const SELECT_HAS_UNSETTLED: &str =
@@ -42,6 +43,8 @@ pub(crate) struct JobHead {
     pub(crate) on_dependency_failure: DependencyFailure,
     pub(crate) run_at: Option<i64>,
     pub(crate) control: Option<String>,
+    /// The row's rowid, valid within the transaction that read it.
+    pub(crate) rowid: i64,
 }
 
 /// Reads the fields of a job that decide its moves, or `None` when there is no such job.
@@ -53,6 +56,7 @@ pub(crate) fn job_head(conn: &Connection, job_id: &str) -> Result<Option<JobHead
             on_dependency_failure: policy_column(row, 2)?,
             run_at: row.get(3)?,
             control: row.get(4)?,
+            rowid: row.get(5)?,
         })
     })
 }
@@ -67,8 +71,9 @@ pub(crate) fn job_head_leased(conn: &Connection, lease: &Lease) -> Result<JobHea
             on_dependency_failure: policy_column(row, 2)?,
             run_at: row.get(3)?,
             control: row.get(4)?,
+            rowid: row.get(5)?,
         };
-        Ok((head, row.get::<_, i64>(5)?))
+        Ok((head, row.get::<_, i64>(6)?))
     })?;
     match row {
         Some((head, token)) if token == lease.token && head.state == JobState::Running => Ok(head),
@@ -83,6 +88,8 @@ pub(crate) fn job_head_leased(conn: &Connection, lease: &Lease) -> Result<JobHea
 #[derive(Debug, Clone)]
 pub(crate) struct JobMove<'a> {
     pub(crate) job_id: &'a str,
+    /// The job's rowid, from the head the move was built from.
+    pub(crate) rowid: i64,
     pub(crate) from: JobState,
     pub(crate) priority: Priority,
     pub(crate) transition: Transition,
@@ -100,6 +107,7 @@ impl<'a> JobMove<'a> {
     pub(crate) fn new(job_id: &'a str, head: &JobHead, transition: Transition, now: i64) -> Self {
         JobMove {
             job_id,
+            rowid: head.rowid,
             from: head.state,
             priority: head.priority,
             transition,
@@ -126,7 +134,7 @@ pub(crate) fn job_move(tx: &mut WriteTx<'_>, step: &JobMove<'_>) -> Result<JobSt
     let finished_at = to.is_final().then_some(step.now);
     let result = step.result.map(Value::to_string);
     tx.conn.prepare_cached(UPDATE_MOVE)?.execute(params![
-        step.job_id,
+        step.rowid,
         to.as_str(),
         step.now,
         claim_key,
@@ -225,6 +233,7 @@ fn dependent_from_row(row: &Row<'_>) -> Result<Dependent, StoreError> {
             on_dependency_failure: policy_column(row, 4)?,
             run_at: row.get(5)?,
             control: None,
+            rowid: row.get(6)?,
         },
     })
 }

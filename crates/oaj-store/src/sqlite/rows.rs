@@ -23,6 +23,23 @@ macro_rules! job_columns {
 }
 pub(crate) use job_columns;
 
+/// The number of columns in `job_columns!`: a query that reads more after them starts there.
+pub(crate) const JOB_COLUMN_COUNT: usize = column_count(job_columns!());
+
+/// Counts the names in a comma-separated column list.
+const fn column_count(list: &str) -> usize {
+    let bytes = list.as_bytes();
+    let mut count = 1;
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b',' {
+            count += 1;
+        }
+        index += 1;
+    }
+    count
+}
+
 /// The columns of `step_runs` that [`step_run_from_row`] reads, in its order.
 macro_rules! step_run_columns {
     () => {
