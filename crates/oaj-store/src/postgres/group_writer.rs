@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::errors::{error_copy, is_retryable};
 use super::tx::PgTx;
@@ -135,7 +135,8 @@ impl GroupWriter {
 
 impl Drop for GroupWriter {
     fn drop(&mut self) {
-        // Callers hold the store while they wait for a reply, so none is waiting now.
+        // Callers hold the store while they wait for a reply, so none is waiting now. Aborting
+        // the task also aborts the groups it started, whose open transactions roll back.
         self.task.abort();
     }
 }
@@ -145,8 +146,11 @@ async fn run(shared: WriterShared, mut receiver: mpsc::Receiver<Request>) {
     let open = Arc::new(Semaphore::new(GROUPS_OPEN_MAX));
     let mut group = Vec::with_capacity(GROUP_MAX);
     let mut retry = Vec::new();
-    let mut ahead: Option<JoinHandle<()>> = None;
+    // The group tasks end with this loop, so that dropping the writer leaves none running.
+    let mut groups = JoinSet::new();
+    let mut ahead: Option<oneshot::Receiver<()>> = None;
     loop {
+        while groups.try_join_next().is_some() {}
         if retry.is_empty() {
             match receiver.recv().await {
                 Some(request) => group.push(request),
@@ -170,16 +174,20 @@ async fn run(shared: WriterShared, mut receiver: mpsc::Receiver<Request>) {
             .await
             .expect("the semaphore is never closed");
         let (calls_ran, ran) = oneshot::channel();
+        let (done, next_ahead) = oneshot::channel::<()>();
         let turn = GroupTurn {
-            ahead: ahead.take(),
+            ahead: ahead.replace(next_ahead),
             calls_ran,
         };
         let group_shared = Arc::clone(&shared);
         let calls = std::mem::take(&mut group);
-        ahead = Some(tokio::spawn(async move {
+        groups.spawn(async move {
             group_run_in_turn(&group_shared, calls, true, turn).await;
+            // Dropped unsent, also when the group panics, which tells the next group that this
+            // one is done.
+            drop(done);
             drop(permit);
-        }));
+        });
         // The sender is dropped unsent when the group failed or panicked before its calls had
         // run. Those calls got the group's error, or lost their replies, and run no more.
         retry = ran.await.unwrap_or_default();
@@ -189,8 +197,8 @@ async fn run(shared: WriterShared, mut receiver: mpsc::Receiver<Request>) {
 /// The place of a group in the writer's order. A group runs its calls while the group ahead
 /// commits, and commits after it.
 struct GroupTurn {
-    /// The task of the group ahead, which ends once that group has committed or failed.
-    ahead: Option<JoinHandle<()>>,
+    /// Closes once the group ahead has committed, failed or panicked.
+    ahead: Option<oneshot::Receiver<()>>,
     /// Receives the calls to run again in the next group, as soon as this group's calls have run.
     calls_ran: oneshot::Sender<Vec<Request>>,
 }
@@ -278,8 +286,7 @@ async fn group_run_in_turn(
     // Counters and events wait for the group ahead, which holds the counter rows and the event
     // lock until its commit anyway. So each process commits its groups, and replies, in order.
     if let Some(ahead) = ahead {
-        // An error means the task ahead panicked, which has already been reported, and its
-        // transaction is gone either way.
+        // The group ahead never sends, so the receive returns an error once that group is done.
         let _ = ahead.await;
     }
     let committed = match tx.finish(&shared.names).await {
