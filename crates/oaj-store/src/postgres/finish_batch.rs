@@ -5,7 +5,7 @@
 //! Each call gets the rows, counter changes and events that `worker_writes::job_finish` would
 //! give it alone, in the same order. Only the statements are shared: one locks the jobs and
 //! checks their leases, then one each inserts the attempt rows, upserts the step runs and ends
-//! the jobs. Dependents are settled by the per-job code, and only for the jobs that have
+//! the jobs, all in one round trip. Dependents are settled by the per-job code, and only for the jobs that have
 //! unsettled dependents.
 
 use std::collections::{HashMap, HashSet};
@@ -46,13 +46,19 @@ const INSERT_ATTEMPTS_ENDED_MANY: &str = "INSERT INTO attempts (job_id, step_id,
         $13::bigint[]) WITH ORDINALITY AS a (job_id, step_id, item, number, worker_id,
         lease_token, state, error, log, prompt_tokens, completion_tokens, started_at,
         finished_at, n)
+    WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = a.job_id AND j.lease_token = a.lease_token
+        AND j.state = 'running')
     ORDER BY n";
 // The same upsert as one record's, for the last record of each step run: an upsert sets every
 // column it writes, so the earlier records of a step run leave nothing behind.
 const UPSERT_STEP_RUNS_MANY: &str = "INSERT INTO step_runs (job_id, step_id, item, state,
     attempts, output, error, next_attempt_at, updated_at)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],
-        $6::text[], $7::text[], $8::bigint[], $9::bigint[])
+    SELECT job_id, step_id, item, state, attempts, output, error, next_attempt_at, updated_at
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
+        $7::text[], $8::bigint[], $9::bigint[], $10::bigint[]) AS s (job_id, step_id, item,
+        state, attempts, output, error, next_attempt_at, updated_at, lease_token)
+    WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = s.job_id AND j.lease_token = s.lease_token
+        AND j.state = 'running')
     ON CONFLICT (job_id, step_id, item) DO UPDATE SET state = excluded.state,
     attempts = excluded.attempts, output = excluded.output, error = excluded.error,
     next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at";
@@ -63,8 +69,9 @@ const UPDATE_JOBS_END_MANY: &str = "UPDATE jobs SET state = e.state, updated_at 
     prompt_tokens = jobs.prompt_tokens + e.prompt_tokens,
     completion_tokens = jobs.completion_tokens + e.completion_tokens
     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[],
-        $7::bigint[]) AS e (id, state, now, result, error, prompt_tokens, completion_tokens)
-    WHERE jobs.id = e.id";
+        $7::bigint[], $8::bigint[]) AS e (id, state, now, result, error, prompt_tokens,
+        completion_tokens, lease_token)
+    WHERE jobs.id = e.id AND jobs.lease_token = e.lease_token AND jobs.state = 'running'";
 
 /// Reports whether the group writer may run `finish` with [`job_finish_many`]: it completes or
 /// fails the job, and each of its attempt records carries the finish's own lease.
@@ -97,15 +104,13 @@ pub(crate) async fn job_finish_many(
     tx: &mut PgTx<'_>,
     finishes: &[&JobFinish],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let (leased, with_dependents) = leases_lock(tx, finishes).await?;
+    let moves: Vec<(Transition, JobState)> = finishes.iter().map(|f| end_move(f)).collect();
+    let (leased, with_dependents) = statements_run(tx, finishes, &moves).await?;
     let mut ended = Vec::with_capacity(leased.len());
-    for finish in finishes {
+    for (finish, &(transition_kind, to)) in finishes.iter().zip(&moves) {
         if let Some(&priority) = leased.get(finish.lease.job_id.as_str()) {
-            ended.push(ended_new(finish, priority)?);
+            ended.push(ended_new(finish, transition_kind, to, priority)?);
         }
-    }
-    if !ended.is_empty() {
-        rows_write(tx, &ended).await?;
     }
 
     // Events and settlements follow the order of the calls, as if each had run alone.
@@ -132,32 +137,68 @@ pub(crate) async fn job_finish_many(
     Ok(results)
 }
 
-/// Locks the jobs whose lease is current and returns their priority ranks by job id, with the
-/// ids of the jobs that have unsettled dependents. Both statements go out in one round trip, and
-/// the server runs them in the order sent.
-async fn leases_lock(
+/// Runs every statement of the batch in one round trip, and returns the priority ranks of the
+/// jobs whose lease is current, by job id, with the ids of the jobs that have unsettled
+/// dependents.
+///
+/// The server runs the statements in the order sent. The first locks the jobs whose lease is
+/// current, so the dependents read next cannot gain an edge before the commit. The writes come
+/// after the lock and check the lease again, each row against its job's row. So they write for
+/// exactly the locked jobs, because a locked row cannot change, and a lease that did not match
+/// then never matches later, since a lease token only grows. The job UPDATE comes last, because
+/// it ends the `running` state that the other writes check.
+async fn statements_run(
     tx: &PgTx<'_>,
     finishes: &[&JobFinish],
+    moves: &[(Transition, JobState)],
 ) -> Result<(HashMap<String, i64>, HashSet<String>), StoreError> {
     let job_ids: Vec<&str> = finishes.iter().map(|f| f.lease.job_id.as_str()).collect();
     let tokens: Vec<i64> = finishes.iter().map(|finish| finish.lease.token).collect();
+    let records: Vec<&AttemptRecord> = finishes.iter().flat_map(|f| &f.attempts).collect();
+    let attempts = AttemptColumns::new(&records);
+    let step_runs = StepRunColumns::new(&records);
+    let jobs = JobColumns::new(finishes, moves);
     let leased_params: Params<'_> = &[&job_ids, &tokens];
     let dependents_params: Params<'_> = &[&job_ids];
+    let (attempts_params, step_runs_params, jobs_params) =
+        (attempts.params(), step_runs.params(), jobs.params());
+
     let db = tx.db();
-    // The dependents must be read after the lock, so both statements are prepared first: one
-    // that still had to be prepared would be sent only after its preparation came back.
-    for sql in [SELECT_LEASED_MANY, SELECT_WITH_UNSETTLED_DEPENDENTS] {
+    // A statement that still had to be prepared would be sent only after its preparation came
+    // back, out of order, so all are prepared first.
+    for sql in [
+        SELECT_LEASED_MANY,
+        SELECT_WITH_UNSETTLED_DEPENDENTS,
+        INSERT_ATTEMPTS_ENDED_MANY,
+        UPSERT_STEP_RUNS_MANY,
+        UPDATE_JOBS_END_MANY,
+    ] {
         db.prepare(sql).await?;
     }
-    let (leased_rows, with_dependents) = tokio::try_join!(
+    let has_records = !records.is_empty();
+    let records_write = |sql, params| async move {
+        if !has_records {
+            return Ok(0);
+        }
+        db.execute(sql, params).await
+    };
+    let (leased_rows, with_dependents, _, _, updated) = tokio::try_join!(
         db.query(SELECT_LEASED_MANY, leased_params),
         db.query(SELECT_WITH_UNSETTLED_DEPENDENTS, dependents_params),
+        records_write(INSERT_ATTEMPTS_ENDED_MANY, &attempts_params),
+        records_write(UPSERT_STEP_RUNS_MANY, &step_runs_params),
+        db.execute(UPDATE_JOBS_END_MANY, &jobs_params),
     )?;
 
     let mut leased = HashMap::with_capacity(leased_rows.len());
     for row in leased_rows {
         leased.insert(row.try_get(0)?, row.try_get(1)?);
     }
+    assert_eq!(
+        updated,
+        leased.len() as u64,
+        "the batch ends exactly the jobs it locked"
+    );
     let with_dependents = with_dependents
         .iter()
         .map(|row| row.try_get(0))
@@ -165,13 +206,13 @@ async fn leases_lock(
     Ok((leased, with_dependents))
 }
 
-/// Builds the move of a finish whose job is running with its lease current.
+/// Returns the transition of a finish and the state it ends its job in.
 ///
 /// Panics when `oaj_core::transition` rejects the move, which [`is_batchable`] rules out.
-fn ended_new(finish: &JobFinish, priority_rank: i64) -> Result<Ended<'_>, StoreError> {
-    let (transition_kind, result, error) = match &finish.outcome {
-        JobOutcome::Completed(result) => (Transition::Complete, Some(result), None),
-        JobOutcome::Failed(error) => (Transition::Fail, None, Some(error.clone())),
+fn end_move(finish: &JobFinish) -> (Transition, JobState) {
+    let transition_kind = match &finish.outcome {
+        JobOutcome::Completed(_) => Transition::Complete,
+        JobOutcome::Failed(_) => Transition::Fail,
         other => unreachable!("job_finish_many got a finish that is not batchable: {other:?}"),
     };
     let to = transition(JobState::Running, transition_kind).unwrap_or_else(|illegal| {
@@ -181,6 +222,21 @@ fn ended_new(finish: &JobFinish, priority_rank: i64) -> Result<Ended<'_>, StoreE
         )
     });
     assert!(to.is_final(), "a batched finish ends its job, not {to}");
+    (transition_kind, to)
+}
+
+/// Builds the move of a finish whose job was running with its lease current.
+fn ended_new(
+    finish: &JobFinish,
+    transition_kind: Transition,
+    to: JobState,
+    priority_rank: i64,
+) -> Result<Ended<'_>, StoreError> {
+    let (result, error) = match &finish.outcome {
+        JobOutcome::Completed(result) => (Some(result), None),
+        JobOutcome::Failed(error) => (None, Some(error.clone())),
+        other => unreachable!("job_finish_many got a finish that is not batchable: {other:?}"),
+    };
     let priority = priority_from_rank(priority_rank)?;
     let step = JobMove {
         job_id: &finish.lease.job_id,
@@ -193,37 +249,6 @@ fn ended_new(finish: &JobFinish, priority_rank: i64) -> Result<Ended<'_>, StoreE
         run_at: None,
     };
     Ok(Ended { finish, step, to })
-}
-
-/// Writes the attempt rows, the step runs and the job rows of every ended finish, with the three
-/// statements sent together.
-async fn rows_write(tx: &PgTx<'_>, ended: &[Ended<'_>]) -> Result<(), StoreError> {
-    let records: Vec<&AttemptRecord> = ended.iter().flat_map(|end| &end.finish.attempts).collect();
-    let attempts = AttemptColumns::new(&records);
-    let step_runs = StepRunColumns::new(&records);
-    let jobs = JobColumns::new(ended);
-
-    let (jobs_params, attempts_params, step_runs_params) =
-        (jobs.params(), attempts.params(), step_runs.params());
-    let db = tx.db();
-    let has_records = !records.is_empty();
-    let records_write = |sql, params| async move {
-        if !has_records {
-            return Ok(0);
-        }
-        db.execute(sql, params).await
-    };
-    let (updated, _, _) = tokio::try_join!(
-        db.execute(UPDATE_JOBS_END_MANY, &jobs_params),
-        records_write(INSERT_ATTEMPTS_ENDED_MANY, &attempts_params),
-        records_write(UPSERT_STEP_RUNS_MANY, &step_runs_params),
-    )?;
-    assert_eq!(
-        updated,
-        ended.len() as u64,
-        "the ended jobs are locked by this transaction"
-    );
-    Ok(())
 }
 
 /// The attempt rows of [`INSERT_ATTEMPTS_ENDED_MANY`], one array per column.
@@ -298,6 +323,8 @@ struct StepRunColumns<'a> {
     errors: Vec<Option<&'a str>>,
     next_attempt_ats: Vec<Option<i64>>,
     updated_ats: Vec<i64>,
+    /// The lease of each step run's job, which the upsert checks.
+    tokens: Vec<i64>,
 }
 
 impl<'a> StepRunColumns<'a> {
@@ -339,6 +366,7 @@ impl<'a> StepRunColumns<'a> {
             errors: chosen.iter().map(|r| r.finish.error.as_deref()).collect(),
             next_attempt_ats: chosen.iter().map(|r| r.finish.next_attempt_at).collect(),
             updated_ats: chosen.iter().map(|r| r.finish.now).collect(),
+            tokens: chosen.iter().map(|r| r.start.lease.token).collect(),
         }
     }
 
@@ -353,6 +381,7 @@ impl<'a> StepRunColumns<'a> {
             &self.errors,
             &self.next_attempt_ats,
             &self.updated_ats,
+            &self.tokens,
         ]
     }
 }
@@ -366,30 +395,37 @@ struct JobColumns<'a> {
     errors: Vec<Option<&'a str>>,
     prompt_tokens: Vec<i64>,
     completion_tokens: Vec<i64>,
+    lease_tokens: Vec<i64>,
 }
 
 impl<'a> JobColumns<'a> {
-    fn new(ended: &'a [Ended<'a>]) -> JobColumns<'a> {
-        let tokens_sum = |end: &Ended<'_>, tokens: fn(&AttemptRecord) -> i64| -> i64 {
-            end.finish.attempts.iter().map(tokens).sum()
+    fn new(finishes: &[&'a JobFinish], moves: &[(Transition, JobState)]) -> JobColumns<'a> {
+        let tokens_sum = |finish: &JobFinish, tokens: fn(&AttemptRecord) -> i64| -> i64 {
+            finish.attempts.iter().map(tokens).sum()
         };
+        let (results, errors) = finishes
+            .iter()
+            .map(|finish| match &finish.outcome {
+                JobOutcome::Completed(result) => (Some(result.to_string()), None),
+                JobOutcome::Failed(error) => (None, Some(error.as_str())),
+                _ => (None, None),
+            })
+            .unzip();
         JobColumns {
-            ids: ended.iter().map(|end| end.step.job_id).collect(),
-            states: ended.iter().map(|end| end.to.as_str()).collect(),
-            nows: ended.iter().map(|end| end.step.now).collect(),
-            results: ended
+            ids: finishes.iter().map(|f| f.lease.job_id.as_str()).collect(),
+            states: moves.iter().map(|(_, to)| to.as_str()).collect(),
+            nows: finishes.iter().map(|finish| finish.now).collect(),
+            results,
+            errors,
+            prompt_tokens: finishes
                 .iter()
-                .map(|end| end.step.result.map(|result| result.to_string()))
+                .map(|finish| tokens_sum(finish, |r| r.finish.prompt_tokens))
                 .collect(),
-            errors: ended.iter().map(|end| end.step.error.as_deref()).collect(),
-            prompt_tokens: ended
+            completion_tokens: finishes
                 .iter()
-                .map(|end| tokens_sum(end, |r| r.finish.prompt_tokens))
+                .map(|finish| tokens_sum(finish, |r| r.finish.completion_tokens))
                 .collect(),
-            completion_tokens: ended
-                .iter()
-                .map(|end| tokens_sum(end, |r| r.finish.completion_tokens))
-                .collect(),
+            lease_tokens: finishes.iter().map(|finish| finish.lease.token).collect(),
         }
     }
 
@@ -402,6 +438,7 @@ impl<'a> JobColumns<'a> {
             &self.errors,
             &self.prompt_tokens,
             &self.completion_tokens,
+            &self.lease_tokens,
         ]
     }
 }

@@ -8,6 +8,9 @@
 //! (a lost lease, a finished attempt) rolls back only its own changes. Callers get their replies
 //! only after the commit, so no caller sees a change that could still be lost.
 //!
+//! At most two groups are open at once, on two connections. A group runs its calls while the group
+//! ahead of it commits, and commits after it (see [`GroupTurn`]).
+//!
 //! A call that PostgreSQL aborts because of a deadlock or a serialization failure runs again in
 //! the next group. Such a cycle needs two groups, in different processes, that lock each other's
 //! rows, such as the dependents of jobs that both finish. A transaction per call could not build
@@ -20,8 +23,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::errors::{error_copy, is_retryable};
 use super::tx::PgTx;
@@ -42,6 +45,9 @@ const GROUP_MAX: usize = 64;
 
 /// Calls that may wait for the writer before callers are held back.
 const QUEUE_CAPACITY: usize = 8192;
+
+/// Maximum number of groups open at once, so that one commits while the next runs its calls.
+const GROUPS_OPEN_MAX: usize = 2;
 
 /// Times a call aborted by a deadlock or serialization failure runs again before its error is
 /// returned.
@@ -129,15 +135,22 @@ impl GroupWriter {
 
 impl Drop for GroupWriter {
     fn drop(&mut self) {
-        // Callers hold the store while they wait for a reply, so none is waiting now.
+        // Callers hold the store while they wait for a reply, so none is waiting now. Aborting
+        // the task also aborts the groups it started, whose open transactions roll back.
         self.task.abort();
     }
 }
 
 async fn run(shared: WriterShared, mut receiver: mpsc::Receiver<Request>) {
+    let shared = Arc::new(shared);
+    let open = Arc::new(Semaphore::new(GROUPS_OPEN_MAX));
     let mut group = Vec::with_capacity(GROUP_MAX);
     let mut retry = Vec::new();
+    // The group tasks end with this loop, so that dropping the writer leaves none running.
+    let mut groups = JoinSet::new();
+    let mut ahead: Option<oneshot::Receiver<()>> = None;
     loop {
+        while groups.try_join_next().is_some() {}
         if retry.is_empty() {
             match receiver.recv().await {
                 Some(request) => group.push(request),
@@ -152,8 +165,42 @@ async fn run(shared: WriterShared, mut receiver: mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        retry = group_run(&shared, std::mem::take(&mut group)).await;
+
+        // The group commits in a task of its own, so that the next group runs its calls on
+        // another connection meanwhile. Each group holds a permit until it has committed, so
+        // the next group starts only once this one's calls have run and the one ahead is done.
+        let permit = Arc::clone(&open)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (calls_ran, ran) = oneshot::channel();
+        let (done, next_ahead) = oneshot::channel::<()>();
+        let turn = GroupTurn {
+            ahead: ahead.replace(next_ahead),
+            calls_ran,
+        };
+        let group_shared = Arc::clone(&shared);
+        let calls = std::mem::take(&mut group);
+        groups.spawn(async move {
+            group_run_in_turn(&group_shared, calls, true, turn).await;
+            // Dropped unsent, also when the group panics, which tells the next group that this
+            // one is done.
+            drop(done);
+            drop(permit);
+        });
+        // The sender is dropped unsent when the group failed or panicked before its calls had
+        // run. Those calls got the group's error, or lost their replies, and run no more.
+        retry = ran.await.unwrap_or_default();
     }
+}
+
+/// The place of a group in the writer's order. A group runs its calls while the group ahead
+/// commits, and commits after it.
+struct GroupTurn {
+    /// Closes once the group ahead has committed, failed or panicked.
+    ahead: Option<oneshot::Receiver<()>>,
+    /// Receives the calls to run again in the next group, as soon as this group's calls have run.
+    calls_ran: oneshot::Sender<Vec<Request>>,
 }
 
 /// The outcome of one call in the group.
@@ -168,19 +215,36 @@ enum CallOutcome {
     Broken(StoreError),
 }
 
-/// Runs one group in one transaction, replies to every call once the outcome of the commit is
-/// known, and returns the calls to run again.
-async fn group_run(shared: &WriterShared, group: Vec<Request>) -> Vec<Request> {
-    group_run_with(shared, group, true).await
-}
-
-/// Runs one group like [`group_run`]. With `batches_finishes` false, every job finish runs
-/// alone, which the tests compare with the batched path.
+/// Runs one group like [`group_run_in_turn`], with no group ahead, and returns the calls to run
+/// again. With `batches_finishes` false, every job finish runs alone, which the tests compare
+/// with the batched path.
+#[cfg(test)]
 async fn group_run_with(
     shared: &WriterShared,
     group: Vec<Request>,
     batches_finishes: bool,
 ) -> Vec<Request> {
+    let (calls_ran, ran) = oneshot::channel();
+    let turn = GroupTurn {
+        ahead: None,
+        calls_ran,
+    };
+    group_run_in_turn(shared, group, batches_finishes, turn).await;
+    ran.await.unwrap_or_default()
+}
+
+/// Runs one group in one transaction: its calls, then, once the group ahead has committed, its
+/// counters, events and commit. Hands the calls to run again to `turn.calls_ran` as soon as the
+/// calls have run, and replies to every other call once the outcome of the commit is known.
+async fn group_run_in_turn(
+    shared: &WriterShared,
+    group: Vec<Request>,
+    batches_finishes: bool,
+    turn: GroupTurn,
+) {
+    // A group that fails before its calls have run drops `turn.calls_ran` unsent, and the calls
+    // to run again get the group's error with the others.
+    let GroupTurn { ahead, calls_ran } = turn;
     let mut client = match shared.pool.get().await {
         Ok(client) => client,
         Err(error) => return group_fail(group, Vec::new(), &error.into()),
@@ -215,13 +279,22 @@ async fn group_run_with(
             return group_fail(rest, replies, &error);
         }
     }
+    // The calls to run again were rolled back to their savepoints, so they do not depend on
+    // this group's commit. The send fails only when the writer loop has stopped with the store.
+    let _ = calls_ran.send(retry);
 
+    // Counters and events wait for the group ahead, which holds the counter rows and the event
+    // lock until its commit anyway. So each process commits its groups, and replies, in order.
+    if let Some(ahead) = ahead {
+        // The group ahead never sends, so the receive returns an error once that group is done.
+        let _ = ahead.await;
+    }
     let committed = match tx.finish(&shared.names).await {
         Ok(committed) => committed,
-        Err(error) => return group_fail(retry, replies, &error),
+        Err(error) => return group_fail(Vec::new(), replies, &error),
     };
     if let Err(error) = transaction.commit().await {
-        return group_fail(retry, replies, &error.into());
+        return group_fail(Vec::new(), replies, &error.into());
     }
     for (reply, result) in replies {
         // The send fails only when the caller's task was cancelled. The change is committed
@@ -232,7 +305,6 @@ async fn group_run_with(
         shared.notify.notify_waiters();
         shared.notify.notify_one();
     }
-    retry
 }
 
 /// Files each call's outcome: its reply waits for the commit, or the call runs again in the next
@@ -298,14 +370,13 @@ fn group_fail(
     pending: Vec<Request>,
     replies: Vec<(Reply, Result<WriteValue, StoreError>)>,
     error: &StoreError,
-) -> Vec<Request> {
+) {
     tracing::error!(error = %error, calls = pending.len() + replies.len(), "write group failed");
     let senders = replies.into_iter().map(|(reply, _)| reply);
     for reply in senders.chain(pending.into_iter().map(|request| request.reply)) {
         // The send fails only when the caller's task was cancelled.
         let _ = reply.send(Err(error_copy(error)));
     }
-    Vec::new()
 }
 
 /// Runs one call in a savepoint of its own, first releasing the previous call's savepoint when

@@ -189,7 +189,7 @@ async fn scenario_new(store: &PostgresStore, workers: usize) -> Scenario {
 }
 
 /// Builds a group with every case a batch meets. It has attempt records (a retried step among
-/// them), both outcomes, a lost lease, and dependents that are queued, fail or wait. It also has
+/// them), both outcomes, a lost lease with an attempt record, and dependents that are queued, fail or wait. It also has
 /// a finish that cannot join a batch, a second finish of one job, and a claim at the end.
 fn mixed_group(scenario: &Scenario) -> Vec<WriteOp> {
     let lease = |index: usize| &scenario.workers[index];
@@ -215,7 +215,11 @@ fn mixed_group(scenario: &Scenario) -> Vec<WriteOp> {
             failed,
             JobOutcome::Failed("step a failed".to_owned()),
         ),
-        finish(&stale, Vec::new(), JobOutcome::Completed(json!({ "r": 3 }))),
+        finish(
+            &stale,
+            vec![record(&stale, "a", 1, AttemptState::Succeeded)],
+            JobOutcome::Completed(json!({ "r": 3 })),
+        ),
         finish(
             lease(4),
             Vec::new(),
@@ -368,6 +372,10 @@ async fn finish_batch_mixed_group_outcomes() {
     assert_eq!(steps[0].attempts, 2);
     assert_eq!(
         store.attempt_list(&workers[3].job_id).await.unwrap().len(),
+        0
+    );
+    assert_eq!(
+        store.step_run_list(&workers[3].job_id).await.unwrap().len(),
         0
     );
 }

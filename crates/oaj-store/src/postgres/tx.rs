@@ -24,13 +24,12 @@ use super::Names;
 use crate::error::StoreError;
 use crate::model::Event;
 
-// Locks the counter rows in one fixed order (by state name, because PostgreSQL sorts before it
-// locks), so that two transactions never wait for each other's counter rows in a cycle.
-const UPDATE_COUNTS: &str = "WITH locked AS (
-    SELECT state FROM job_counts WHERE state = ANY($1::text[]) ORDER BY state FOR NO KEY UPDATE)
-    UPDATE job_counts SET count = count + d.delta
-    FROM unnest($1::text[], $2::bigint[]) AS d (state, delta), locked
-    WHERE job_counts.state = d.state AND locked.state = d.state";
+// One statement per counter, sent in the order of the state names, so that every transaction
+// locks the counter rows in one fixed order and no two wait for each other's in a cycle. A single
+// statement for all counters, which sorted the rows before it locked them, cost more to plan than
+// to run. PostgreSQL 15 planned it again on every call, 0.22 ms a group in a 20,000-job drain
+// (pg_stat_statements with track_planning).
+const UPDATE_COUNT: &str = "UPDATE job_counts SET count = count + $2 WHERE state = $1";
 const LOCK_EVENTS: &str = "SELECT pg_advisory_xact_lock($1, $2)";
 // One statement for all the events of a commit. `ORDER BY` keeps the sequence numbers in the
 // order the events were added, because `nextval` runs as each sorted row is inserted. The
@@ -166,22 +165,31 @@ impl<'c> PgTx<'c> {
     /// the commit. The caller commits next.
     ///
     /// The statements go out together, in one round trip, and the server runs them in the order
-    /// sent: the event lock before the event insert. Each is prepared first, because a statement
-    /// that still had to be prepared would be sent only after its preparation came back.
+    /// sent: the counters in the order of their state names, then the event lock, then the event
+    /// insert. Each is prepared first, because a statement that still had to be prepared would be
+    /// sent only after its preparation came back.
     pub(crate) async fn finish(self, names: &Names) -> Result<Committed, StoreError> {
         let db = self.db();
-        for sql in [UPDATE_COUNTS, LOCK_EVENTS, INSERT_EVENTS, NOTIFY] {
+        for sql in [UPDATE_COUNT, LOCK_EVENTS, INSERT_EVENTS, NOTIFY] {
             db.prepare(sql).await?;
         }
-        let (states, deltas): (Vec<&str>, Vec<i64>) = self
+        // `counts` is a BTreeMap, so this is the order of the state names.
+        let changes: Vec<(&str, i64)> = self
             .counts
             .iter()
             .filter(|(_, delta)| **delta != 0)
             .map(|(state, delta)| (*state, *delta))
-            .unzip();
+            .collect();
+        assert!(
+            changes.len() <= JobState::ALL.len(),
+            "one counter change per job state"
+        );
+        let count_params: Vec<[&(dyn ToSql + Sync); 2]> = changes
+            .iter()
+            .map(|(state, delta)| [state as &(dyn ToSql + Sync), delta as &(dyn ToSql + Sync)])
+            .collect();
         let events = EventColumns::new(&self.events);
         let has_events = !self.events.is_empty();
-        let counts_params: Params<'_> = &[&states, &deltas];
         let lock_params: Params<'_> = &[&names.lock_class_events, &names.lock_id];
         let events_params = events.params(&names.events_channel);
         let work_params: Params<'_> = &[&names.work_channel, &""];
@@ -192,8 +200,19 @@ impl<'c> PgTx<'c> {
             }
             db.execute(sql, params).await
         };
+        let count = |index: usize| {
+            let params: Params<'_> = count_params.get(index).map_or(&[], |params| &params[..]);
+            run_if(index < count_params.len(), UPDATE_COUNT, params)
+        };
         tokio::try_join!(
-            run_if(!states.is_empty(), UPDATE_COUNTS, counts_params),
+            count(0),
+            count(1),
+            count(2),
+            count(3),
+            count(4),
+            count(5),
+            count(6),
+            count(7),
             run_if(has_events, LOCK_EVENTS, lock_params),
             run_if(has_events, INSERT_EVENTS, &events_params),
             run_if(self.wakes_workers, NOTIFY, work_params),
