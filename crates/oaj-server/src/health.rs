@@ -23,7 +23,8 @@ pub(crate) async fn health() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
-/// Reports whether the server can do work: the store answers a read, and no shutdown started.
+/// Reports whether the server can do work: the store passes its readiness check (a read, and on
+/// SQLite a running writer thread), and no shutdown started.
 #[utoipa::path(get, path = "/v1/ready", tag = "health",
     responses((status = 200, description = "Ready", body = Status),
         (status = 503, description = "Shutting down or the store fails", body = ApiError)))]
@@ -35,7 +36,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Result<Json<Status>,
             "the server is shutting down",
         ));
     }
-    if let Err(error) = state.store().job_counts().await {
+    if let Err(error) = state.store().ready_check().await {
         tracing::warn!(error = %error, "readiness check failed to read the store");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

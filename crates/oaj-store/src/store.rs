@@ -116,6 +116,12 @@ pub trait Store: Send + Sync + 'static {
     /// Counts jobs by state, from counters kept up to date on every change.
     async fn job_counts(&self) -> Result<BTreeMap<JobState, u64>, StoreError>;
 
+    /// Checks that the store can serve requests now, for a readiness probe. The default reads the
+    /// job counters; a store adds checks of its own.
+    async fn ready_check(&self) -> Result<(), StoreError> {
+        self.job_counts().await.map(drop)
+    }
+
     /// Applies a user action and returns the job afterwards. On a running job, cancel and pause
     /// set [`Job::control`] for the worker to act on; elsewhere they take effect at once. Retry
     /// resets failed and cancelled step runs to pending and keeps completed ones.

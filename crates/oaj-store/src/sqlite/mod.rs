@@ -215,6 +215,17 @@ impl Store for SqliteStore {
         self.readers.read(job_reads::job_counts).await
     }
 
+    async fn ready_check(&self) -> Result<(), StoreError> {
+        if !self.writer.is_running() {
+            return Err(StoreError::Database(
+                "the store's writer thread has stopped, so every write fails: restart the \
+                 process, and see its log for the cause"
+                    .to_owned(),
+            ));
+        }
+        self.job_counts().await.map(drop)
+    }
+
     async fn job_action(&self, id: &str, action: JobAction, now: i64) -> Result<Job, StoreError> {
         let id = id.to_owned();
         self.writer

@@ -179,6 +179,17 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Returns whether the writer and publish threads still run. A thread ends early only on a
+    /// panic outside a request, after which every write fails.
+    pub(crate) fn is_running(&self) -> bool {
+        let running = |thread: &Option<JoinHandle<()>>| {
+            thread.as_ref().is_some_and(|thread| !thread.is_finished())
+        };
+        running(&self.thread) && running(&self.publisher)
+    }
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
         // Closing the channel ends the writer loop once the queued requests are done.
@@ -518,6 +529,29 @@ mod tests {
         };
         let writer = Writer::start(conn, publish).expect("start the writer");
         (Arc::new(writer), folder, path)
+    }
+
+    #[test]
+    fn stopped_writer_thread_is_reported() {
+        let (live, _folder, _path) = writer_on_table();
+        assert!(live.is_running());
+
+        let ended = std::thread::spawn(|| {});
+        while !ended.is_finished() {
+            std::thread::yield_now();
+        }
+        let (stop_publisher, publisher_stops) = std::sync::mpsc::channel::<()>();
+        let publisher = std::thread::spawn(move || {
+            let _ = publisher_stops.recv();
+        });
+        let (sender, _receiver) = mpsc::channel(1);
+        let stopped = Writer {
+            sender: Some(sender),
+            thread: Some(ended),
+            publisher: Some(publisher),
+        };
+        assert!(!stopped.is_running());
+        drop(stop_publisher);
     }
 
     fn numbers(path: &std::path::Path) -> Vec<i64> {
