@@ -43,6 +43,9 @@ trait Request: Send {
     /// Sends the result of the last run once the transaction committed, or the error that ended
     /// the transaction.
     fn reply(self: Box<Self>, commit: Result<(), &StoreError>);
+
+    /// Returns the error of the last run, when it failed.
+    fn failure(&self) -> Option<String>;
 }
 
 /// A request made by [`Writer::write`]: the operation, the result of its last run, and the
@@ -77,6 +80,13 @@ where
         // The send fails only when the caller's task was cancelled. The change is committed
         // either way, so no receiver remains to report it to.
         let _ = self.reply_to.send(outcome);
+    }
+
+    fn failure(&self) -> Option<String> {
+        match &self.result {
+            Some(Err(error)) => Some(error.to_string()),
+            _ => None,
+        }
     }
 }
 
@@ -287,6 +297,11 @@ fn run_group(
         };
         match result {
             Ok(Ran::Undo) => {
+                tracing::warn!(
+                    error = request.failure().as_deref().unwrap_or("none reported"),
+                    "a write request failed after changing rows, or SQLite ended its \
+                     transaction; running the group again with a savepoint per request"
+                );
                 // SQLite may have rolled the transaction back already, making this ROLLBACK fail
                 // too. The group runs again either way.
                 let _ = conn.execute_batch("ROLLBACK");
@@ -433,6 +448,15 @@ fn run_unguarded(conn: &Connection, request: &mut dyn Request) -> Result<Ran, St
 fn run_in_savepoint(conn: &Connection, request: &mut dyn Request) -> Result<Ran, StoreError> {
     run_cached(conn, "SAVEPOINT request")?;
     let (ran, outcome) = run_once(conn, request);
+    // Without a transaction there is no savepoint to release or roll back to, and the error of
+    // that statement would hide the request's own, which gives the reason SQLite ended it.
+    if conn.is_autocommit() {
+        let cause = request.failure();
+        return Err(StoreError::Database(format!(
+            "SQLite ended the write transaction during a request: {}",
+            cause.as_deref().unwrap_or("the request reported no error")
+        )));
+    }
     match ran {
         Some(true) => {
             run_cached(conn, "RELEASE request")?;
@@ -696,6 +720,29 @@ mod tests {
         assert!(ends.await.expect("no panic").is_err());
         assert!(after.await.expect("no panic").is_err());
         assert_eq!(numbers(&path), vec![1]);
+    }
+
+    /// The callers of a group whose transaction SQLite ended get the error of the request during
+    /// which it ended, not the error of the savepoint statement that could no longer run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ended_transaction_reports_request_error() {
+        let (writer, _folder, _path) = writer_on_table();
+        let (held, release) = hold(&writer).await;
+        let ends = send(&writer, |tx| {
+            tx.conn.execute_batch("ROLLBACK")?;
+            Err::<(), _>(StoreError::Database("database or disk is full".to_owned()))
+        })
+        .await;
+        let other = send(&writer, |tx| insert(tx, 2)).await;
+        release.send(()).expect("the held request waits");
+
+        held.await
+            .expect("no panic")
+            .expect("the held request commits");
+        let error = ends.await.expect("no panic").unwrap_err().to_string();
+        assert!(error.contains("database or disk is full"), "{error}");
+        let error = other.await.expect("no panic").unwrap_err().to_string();
+        assert!(error.contains("database or disk is full"), "{error}");
     }
 
     /// A request that fails before writing leaves the rest of its group as it ran.
