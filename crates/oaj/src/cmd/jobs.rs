@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use oaj_core::JobState;
 use oaj_store::{Event, Job, JobAction, JobFilter};
@@ -41,7 +42,7 @@ pub enum JobsAction {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Only jobs created before this job (the last id of the previous page).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         before: Option<String>,
     },
     /// Show a job with its step runs and attempts.
@@ -120,11 +121,20 @@ pub async fn run(args: JobsCommand) -> anyhow::Result<ExitCode> {
             let filter = JobFilter {
                 states: state,
                 workflow_id: workflow,
-                before_id: before,
+                before_id: before.clone(),
                 limit,
                 ..JobFilter::default()
             };
-            let jobs = source.list(filter).await?;
+            let listed = source.list(filter).await;
+            let jobs = match &before {
+                Some(before) => listed.with_context(|| {
+                    format!(
+                        "invalid --before {before} (pass the id of a job that still exists, \
+                         such as the last one of the previous page, or leave out --before)"
+                    )
+                })?,
+                None => listed?,
+            };
             print_jobs(&jobs, args.json)?;
         }
         JobsAction::Show { id } => print_detail(&source.show(&id).await?, args.json)?,

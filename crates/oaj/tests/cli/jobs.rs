@@ -201,6 +201,30 @@ fn unknown_id_is_not_found() {
 }
 
 #[test]
+fn list_before_missing_job_fails() {
+    let sandbox = Sandbox::new();
+    finished_job(&sandbox, 0);
+
+    let output = sandbox.oaj(&["jobs", "list", "--before", "no-such-job"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("invalid --before no-such-job"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("job no-such-job not found"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(stdout(&output).is_empty(), "{}", stdout(&output));
+
+    let empty = sandbox.oaj(&["jobs", "list", "--before", ""]);
+    assert_eq!(empty.status.code(), Some(2), "{}", stderr(&empty));
+    assert!(stderr(&empty).contains("--before"), "{}", stderr(&empty));
+}
+
+#[test]
 fn approve_without_waiting_step_names_job() {
     // Regression: the message read "step (any) of job ... is not waiting for approval".
     let sandbox = Sandbox::new();
