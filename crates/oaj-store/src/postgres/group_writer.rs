@@ -183,8 +183,8 @@ async fn run(shared: WriterShared, mut receiver: mpsc::Receiver<Request>) {
         let calls = std::mem::take(&mut group);
         groups.spawn(async move {
             group_run_in_turn(&group_shared, calls, true, turn).await;
-            // Dropped unsent, also when the group panics, which tells the next group that this
-            // one is done.
+            // Dropped unsent, also when the group panics, so the next group's wait for this one
+            // ends.
             drop(done);
             drop(permit);
         });
@@ -279,8 +279,9 @@ async fn group_run_in_turn(
             return group_fail(rest, replies, &error);
         }
     }
-    // The calls to run again were rolled back to their savepoints, so they do not depend on
-    // this group's commit. The send fails only when the writer loop has stopped with the store.
+    // The calls to run again were rolled back to their savepoints (`outcomes_file` files only
+    // those), so nothing of theirs waits for this group's commit. The send fails only when the
+    // writer loop has stopped with the store.
     let _ = calls_ran.send(retry);
 
     // Counters and events wait for the group ahead, which holds the counter rows and the event
