@@ -1,5 +1,7 @@
 //! The group writer: one task that runs the worker writes (claims, lease renewals, attempts,
-//! step runs, job ends) that are waiting at the same moment in one transaction.
+//! step runs, job ends) that are waiting at the same moment in one transaction. A store runs two:
+//! one for claims and one for the other writes, so that a claim and the finishes of other jobs
+//! run at once.
 //!
 //! With a transaction per call, every call paid its own commit, and because the event advisory
 //! lock (see `tx.rs`) is held from the event insert through the commit, those commits and their
@@ -12,9 +14,9 @@
 //! ahead of it commits, and commits after it (see [`GroupTurn`]).
 //!
 //! A call that PostgreSQL aborts because of a deadlock or a serialization failure runs again in
-//! the next group. Such a cycle needs two groups, in different processes, that lock each other's
-//! rows, such as the dependents of jobs that both finish. A transaction per call could not build
-//! it, because each locked one job and then its dependents.
+//! the next group. Such a cycle needs two groups, in different processes or in the two writers of
+//! one store, that lock each other's rows, such as the dependents of jobs that both finish. A
+//! transaction per call could not build it, because each locked one job and then its dependents.
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};

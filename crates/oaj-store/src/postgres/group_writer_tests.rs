@@ -2,6 +2,7 @@
 //! build groups by hand, so that the calls of a test always share one group and its batches.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use oaj_core::{JobState, Priority};
 use serde_json::{json, Value};
@@ -454,4 +455,89 @@ async fn finish_batch_error_stays_with_its_call() {
         .map(|event| json!(event.kind))
         .collect();
     assert_eq!(events, [json!("job.created"), json!("job.running")]);
+}
+
+/// Waits until the session with process id `pid` holds back another session with a lock.
+async fn lock_wait_seen(store: &PostgresStore, pid: i32) {
+    let client = store.pool.get().await.unwrap();
+    loop {
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&pid],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A claim runs in a writer of its own, so it does not wait for a finish that waits for a row
+/// lock. In the shared writer, the claim would wait until that finish's group had run its calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_passes_blocked_finish() {
+    let Some(store) = store_new().await else {
+        return;
+    };
+    let store = Arc::new(store);
+    let scenario = scenario_new(&store, 1).await;
+    let lease = scenario.workers[0].clone();
+    let queued = store
+        .job_insert_many(vec![job_new(Vec::new())], None)
+        .await
+        .unwrap();
+
+    // Another session locks the running job's row until it rolls back.
+    let mut blocker = store.pool.get().await.unwrap();
+    let blocker = blocker.transaction().await.unwrap();
+    let pid: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    blocker
+        .execute(
+            "SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&lease.job_id],
+        )
+        .await
+        .unwrap();
+    let finishing = tokio::spawn({
+        let store = Arc::clone(&store);
+        let done = JobFinish {
+            lease: lease.clone(),
+            attempts: Vec::new(),
+            outcome: JobOutcome::Completed(json!(null)),
+            now: T0 + 100,
+        };
+        async move { store.job_finish(done).await }
+    });
+    lock_wait_seen(&store, pid).await;
+
+    let claim = ClaimParams {
+        worker_id: "worker-2".to_owned(),
+        limit: 10,
+        now: T0 + 200,
+        lease_ms: 30_000,
+        job_ids: Vec::new(),
+    };
+    // A bound on the wait, so that the test fails instead of hanging when the claim waits.
+    let claimed = tokio::time::timeout(Duration::from_secs(30), store.job_claim(claim))
+        .await
+        .expect("the claim does not wait for the finish's group")
+        .unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|job| job.job.id.as_str()).collect();
+    assert_eq!(ids, [queued[0].as_str()]);
+    assert!(
+        !finishing.is_finished(),
+        "the finish still waits for the lock"
+    );
+
+    blocker.rollback().await.unwrap();
+    finishing.await.unwrap().unwrap();
+    let job = store.job_get(&lease.job_id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Completed);
 }

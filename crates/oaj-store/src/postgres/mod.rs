@@ -108,7 +108,11 @@ pub struct PostgresStore {
     url_redacted: String,
     workflows: Arc<WorkflowCache>,
     notify: Arc<Notify>,
+    /// Writes of workers about the jobs they hold: leases, attempts, step runs, job ends.
     writer: GroupWriter,
+    /// Claims, and inserts that claim, in groups of their own (see "PostgreSQL: claims in a
+    /// writer of their own" in ARCHITECTURE.md).
+    claim_writer: GroupWriter,
     events: broadcast::Sender<Event>,
     leader: Leader,
     listener: JoinHandle<()>,
@@ -184,12 +188,16 @@ impl PostgresStore {
             .await
             .map_err(open_error)?;
         let workflows = Arc::new(WorkflowCache::default());
-        let writer = GroupWriter::start(WriterShared {
-            pool: pool.clone(),
-            names: Arc::clone(&names),
-            workflows: Arc::clone(&workflows),
-            notify: Arc::clone(&notify),
-        });
+        let writer_start = || {
+            GroupWriter::start(WriterShared {
+                pool: pool.clone(),
+                names: Arc::clone(&names),
+                workflows: Arc::clone(&workflows),
+                notify: Arc::clone(&notify),
+            })
+        };
+        let writer = writer_start();
+        let claim_writer = writer_start();
         Ok(PostgresStore {
             pool,
             names,
@@ -197,6 +205,7 @@ impl PostgresStore {
             workflows,
             notify,
             writer,
+            claim_writer,
             events,
             leader: Leader::new(config),
             listener,
@@ -310,7 +319,7 @@ impl Store for PostgresStore {
         claim: ClaimParams,
     ) -> Result<(Vec<String>, Vec<ClaimedJob>), StoreError> {
         let op = WriteOp::InsertClaim(jobs, batch_id, claim);
-        match self.writer.write(op).await? {
+        match self.claim_writer.write(op).await? {
             WriteValue::InsertedClaimed(ids, claimed) => Ok((ids, claimed)),
             _ => unreachable!("an insert with a claim returns ids and claimed jobs"),
         }
@@ -381,7 +390,7 @@ impl Store for PostgresStore {
     }
 
     async fn job_claim(&self, params: ClaimParams) -> Result<Vec<ClaimedJob>, StoreError> {
-        match self.writer.write(WriteOp::Claim(params)).await? {
+        match self.claim_writer.write(WriteOp::Claim(params)).await? {
             WriteValue::Claimed(claimed) => Ok(claimed),
             _ => unreachable!("a claim returns the claimed jobs"),
         }
