@@ -51,11 +51,14 @@ const SELECT_EVENTS: &str = concat!(
     " FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
 );
 const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = $1";
-// Events have no foreign key to their job (migration 0005), so they are deleted here. This runs
-// after the job's row is deleted, as a statement of its own, so that its snapshot includes every
-// event committed by a transaction that held the job's row before the delete locked it.
-pub(crate) const DELETE_JOB_EVENTS: &str =
-    "DELETE FROM events e USING unnest($1::text[]) AS d (job_id) WHERE e.job_id = d.job_id";
+// Events, attempts and step runs have no foreign key to their job (migrations 0005 and 0007), so
+// they are deleted here. This runs after the jobs' rows are deleted, as a statement of its own, so
+// that its snapshot includes every row committed by a transaction that held a job's row before the
+// delete locked it.
+pub(crate) const DELETE_JOBS_ROWS: &str = "WITH deleted AS (SELECT unnest($1::text[]) AS job_id),
+    attempts_deleted AS (DELETE FROM attempts a USING deleted d WHERE a.job_id = d.job_id),
+    step_runs_deleted AS (DELETE FROM step_runs s USING deleted d WHERE s.job_id = d.job_id)
+    DELETE FROM events e USING deleted d WHERE e.job_id = d.job_id";
 /// Events returned by one list when the filter sets no limit, and the maximum it may request.
 const EVENT_LIMIT_DEFAULT: u32 = 1000;
 
@@ -165,7 +168,7 @@ pub(crate) async fn job_delete(tx: &mut PgTx<'_>, id: &str) -> Result<(), StoreE
     }
     tx.execute(DELETE_JOB, &[&id]).await?;
     let job_ids: &[&str] = &[id];
-    tx.execute(DELETE_JOB_EVENTS, &[&job_ids]).await?;
+    tx.execute(DELETE_JOBS_ROWS, &[&job_ids]).await?;
     tx.counts_add(head.state, -1);
     Ok(())
 }

@@ -7,7 +7,7 @@ use oaj_core::{JobState, Transition};
 use serde_json::json;
 
 use super::job_moves::{job_end, job_head, job_move, JobMove};
-use super::job_reads::DELETE_JOB_EVENTS;
+use super::job_reads::DELETE_JOBS_ROWS;
 use super::rows::item_from_column;
 use super::tx::PgTx;
 use super::worker_writes::step_event;
@@ -154,7 +154,7 @@ pub(crate) async fn retain(
         tx.counts_add(state, -1);
     }
     if !ids.is_empty() {
-        tx.execute(DELETE_JOB_EVENTS, &[&ids]).await?;
+        tx.execute(DELETE_JOBS_ROWS, &[&ids]).await?;
     }
     report.deleted += rows.len() as u64;
     Ok(())

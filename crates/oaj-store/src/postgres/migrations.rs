@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_claim_queued.sql"),
     include_str!("../../migrations/postgres/0005_events_without_job_key.sql"),
     include_str!("../../migrations/postgres/0006_list_indexes_by_creation.sql"),
+    include_str!("../../migrations/postgres/0007_attempts_and_step_runs_without_job_key.sql"),
 ];
 
 const LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";

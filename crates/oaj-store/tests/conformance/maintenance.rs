@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use oaj_core::JobState;
 use oaj_store::{
-    AttemptState, Control, EventFilter, JobAction, JobNew, JobOutcome, MaintenanceParams,
-    StepState, Store,
+    AttemptRecord, AttemptState, Control, EventFilter, JobAction, JobFinish, JobNew, JobOutcome,
+    MaintenanceParams, StepState, Store,
 };
 use serde_json::json;
 
@@ -171,25 +171,36 @@ async fn retention_works_in_batches(store: Arc<dyn Store>) {
     assert_eq!(store.job_counts().await.unwrap()[&JobState::Cancelled], 0);
 }
 
-/// Events have no foreign key to their job (SQLite migration 0006, PostgreSQL migration 0005), so
-/// deleting a job, by hand or by retention, must delete its events too, and only its events.
-async fn job_delete_removes_its_events(store: Arc<dyn Store>) {
+/// Events have no foreign key to their job (SQLite migration 0006, PostgreSQL migration 0005), nor
+/// have attempts and step runs on PostgreSQL (migration 0007). So deleting a job, by hand or by
+/// retention, must delete those rows too, and only those of the jobs it deletes.
+async fn job_delete_removes_its_rows(store: Arc<dyn Store>) {
     workflow_setup(&store).await;
     let mut ids = Vec::new();
     for offset in 0..3 {
         let id = insert(&store, job_new(T0 + offset)).await;
         let claimed = claim_one(&store, T0 + offset).await;
         assert_eq!(claimed.job.id, id);
-        finish(
-            &store,
-            &claimed.lease,
-            JobOutcome::Completed(json!({})),
-            T0 + offset,
-        )
-        .await;
+        let lease = &claimed.lease;
+        let record = AttemptRecord {
+            start: attempt_start(lease, "s1", T0 + offset),
+            finish: attempt_success(lease, 0, "s1", T0 + offset),
+        };
+        let finish = JobFinish {
+            lease: lease.clone(),
+            attempts: vec![record],
+            outcome: JobOutcome::Completed(json!({})),
+            now: T0 + offset,
+        };
+        store.job_finish(finish).await.unwrap();
         ids.push(id);
     }
-    let queued_id = insert(&store, job_new(T0 + 10)).await;
+    let running_id = insert(&store, job_new(T0 + 10)).await;
+    let running = claim_one(&store, T0 + 10).await;
+    store
+        .attempt_start(attempt_start(&running.lease, "s1", T0 + 10))
+        .await
+        .unwrap();
 
     store.job_delete(&ids[0]).await.unwrap();
     let retention = MaintenanceParams {
@@ -208,12 +219,20 @@ async fn job_delete_removes_its_events(store: Arc<dyn Store>) {
             0,
             "events of deleted job {id}"
         );
+        let attempts = store.attempt_list(id).await.unwrap();
+        assert!(attempts.is_empty(), "attempts of deleted job {id}");
+        let step_runs = store.step_run_list(id).await.unwrap();
+        assert!(step_runs.is_empty(), "step runs of deleted job {id}");
     }
     assert_eq!(
-        job_events(&store, &queued_id).await,
-        1,
-        "the queued job keeps its event"
+        job_events(&store, &running_id).await,
+        3,
+        "the running job keeps its events"
     );
+    let attempts = store.attempt_list(&running_id).await.unwrap();
+    assert_eq!(attempts.len(), 1, "the running job keeps its attempt");
+    let step_runs = store.step_run_list(&running_id).await.unwrap();
+    assert_eq!(step_runs.len(), 1, "the running job keeps its step run");
 }
 
 /// Counts the stored events of one job.
@@ -233,5 +252,5 @@ crate::store_tests!(
     parked_job_promoted_at_deadline,
     retention_deletes_only_old_ended_jobs,
     retention_works_in_batches,
-    job_delete_removes_its_events,
+    job_delete_removes_its_rows,
 );
