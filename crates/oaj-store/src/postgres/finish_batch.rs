@@ -1,12 +1,12 @@
 //! Job finishes written together: the group writer hands over consecutive `job_finish` calls
-//! that complete or fail their jobs, and this module writes all of them with a few statements
+//! that complete or fail their jobs, and this module writes all of them with two statements
 //! instead of a few statements each.
 //!
 //! Each call gets the rows, counter changes and events that `worker_writes::job_finish` would
-//! give it alone, in the same order. Only the statements are shared: one locks the jobs and
-//! checks their leases, then one each inserts the attempt rows, upserts the step runs and ends
-//! the jobs, all in one round trip. Dependents are settled by the per-job code, and only for the jobs that have
-//! unsettled dependents.
+//! give it alone, in the same order. Only the statements are shared: one locks the jobs whose
+//! lease is current and writes their attempt rows, step runs and ends, the other finds which of
+//! them have unsettled dependents, both in one round trip. Dependents are settled by the per-job
+//! code, and only for the jobs that have some.
 
 use std::collections::{HashMap, HashSet};
 
@@ -22,56 +22,60 @@ use crate::error::StoreError;
 use crate::model::{AttemptRecord, JobFinish, JobOutcome};
 use crate::sqlite::rows::item_to_column;
 
-// Locks the jobs whose lease is current, in id order, so that two batches never wait for each
-// other in a cycle. A row whose token or state does not match is not locked and not returned,
-// which is how a lost lease shows. The lease check of a single call locks the row first and
-// compares after, but both leave a lost lease unwritten.
-const SELECT_LEASED_MANY: &str = "SELECT j.id, j.priority FROM jobs j
+// Ends the jobs whose lease is current, with their attempt rows and step runs, in one statement.
+// `leased` locks those jobs in id order, so that two batches never wait for each other in a
+// cycle. A row whose token or state does not match is not locked and not returned, which is how a
+// lost lease shows. The writes take only the rows of locked jobs, by a join with `leased`, so one
+// statement checks the leases once instead of once per write. The job UPDATE reaches the rows
+// through the primary key: if a job's row changed between the statement's snapshot and its lock,
+// the lock and the UPDATE both follow it to its newest version. `ORDER BY n` hands out the attempt
+// ids in the order of the records, as one insert per record would. The upsert writes the last
+// record of each step run: it sets every column it writes, so earlier records leave nothing
+// behind. The last column reports whether the UPDATE ended the job.
+const END_LEASED_MANY: &str = "WITH leased AS (
+    SELECT j.id, j.priority FROM jobs j
     JOIN unnest($1::text[], $2::bigint[]) AS l (id, token)
         ON j.id = l.id AND j.lease_token = l.token
-    WHERE j.state = 'running' ORDER BY j.id FOR NO KEY UPDATE OF j";
-// Runs after SELECT_LEASED_MANY in the same transaction, so the jobs are locked, and an insert
-// or a dependency change that would add an edge to one of them waits for the commit.
-const SELECT_WITH_UNSETTLED_DEPENDENTS: &str = "SELECT DISTINCT depends_on_id
-    FROM job_dependencies WHERE depends_on_id = ANY($1::text[]) AND NOT settled";
-// `ORDER BY n` hands out the attempt ids in the order of the records, as one insert per record
-// would.
-const INSERT_ATTEMPTS_ENDED_MANY: &str = "INSERT INTO attempts (job_id, step_id, item, number,
-    worker_id, lease_token, state, error, log, prompt_tokens, completion_tokens, started_at,
-    finished_at)
+    WHERE j.state = 'running' ORDER BY j.id FOR NO KEY UPDATE OF j),
+attempts_inserted AS (
+    INSERT INTO attempts (job_id, step_id, item, number, worker_id, lease_token, state, error,
+        log, prompt_tokens, completion_tokens, started_at, finished_at)
     SELECT job_id, step_id, item, number, worker_id, lease_token, state, error, log,
         prompt_tokens, completion_tokens, started_at, finished_at
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[],
-        $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::bigint[],
-        $13::bigint[]) WITH ORDINALITY AS a (job_id, step_id, item, number, worker_id,
-        lease_token, state, error, log, prompt_tokens, completion_tokens, started_at,
+    FROM unnest($9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::text[],
+        $14::bigint[], $15::text[], $16::text[], $17::text[], $18::bigint[], $19::bigint[],
+        $20::bigint[], $21::bigint[]) WITH ORDINALITY AS a (job_id, step_id, item, number,
+        worker_id, lease_token, state, error, log, prompt_tokens, completion_tokens, started_at,
         finished_at, n)
-    WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = a.job_id AND j.lease_token = a.lease_token
-        AND j.state = 'running')
-    ORDER BY n";
-// The same upsert as one record's, for the last record of each step run: an upsert sets every
-// column it writes, so the earlier records of a step run leave nothing behind.
-const UPSERT_STEP_RUNS_MANY: &str = "INSERT INTO step_runs (job_id, step_id, item, state,
-    attempts, output, error, next_attempt_at, updated_at)
+    WHERE a.job_id IN (SELECT id FROM leased)
+    ORDER BY n),
+step_runs_upserted AS (
+    INSERT INTO step_runs (job_id, step_id, item, state, attempts, output, error,
+        next_attempt_at, updated_at)
     SELECT job_id, step_id, item, state, attempts, output, error, next_attempt_at, updated_at
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[],
-        $7::text[], $8::bigint[], $9::bigint[], $10::bigint[]) AS s (job_id, step_id, item,
-        state, attempts, output, error, next_attempt_at, updated_at, lease_token)
-    WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = s.job_id AND j.lease_token = s.lease_token
-        AND j.state = 'running')
+    FROM unnest($22::text[], $23::text[], $24::bigint[], $25::text[], $26::bigint[],
+        $27::text[], $28::text[], $29::bigint[], $30::bigint[]) AS s (job_id, step_id, item,
+        state, attempts, output, error, next_attempt_at, updated_at)
+    WHERE s.job_id IN (SELECT id FROM leased)
     ON CONFLICT (job_id, step_id, item) DO UPDATE SET state = excluded.state,
     attempts = excluded.attempts, output = excluded.output, error = excluded.error,
-    next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at";
-// The move of `job_moves::UPDATE_MOVE` to a final state, plus the tokens of the job's records.
-const UPDATE_JOBS_END_MANY: &str = "UPDATE jobs SET state = e.state, updated_at = e.now,
+    next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at),
+ended AS (
+    UPDATE jobs SET state = e.state, updated_at = e.now,
     lease_owner = NULL, lease_expires_at = NULL, control = NULL, finished_at = e.now,
     result = e.result, error = e.error,
     prompt_tokens = jobs.prompt_tokens + e.prompt_tokens,
     completion_tokens = jobs.completion_tokens + e.completion_tokens
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[],
-        $7::bigint[], $8::bigint[]) AS e (id, state, now, result, error, prompt_tokens,
-        completion_tokens, lease_token)
-    WHERE jobs.id = e.id AND jobs.lease_token = e.lease_token AND jobs.state = 'running'";
+    FROM unnest($1::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[],
+        $8::bigint[]) AS e (id, state, now, result, error, prompt_tokens, completion_tokens)
+    WHERE jobs.id = e.id AND e.id IN (SELECT id FROM leased)
+    RETURNING jobs.id)
+SELECT l.id, l.priority, EXISTS (SELECT 1 FROM ended WHERE ended.id = l.id) FROM leased l";
+// Runs after END_LEASED_MANY in the same transaction, as a statement of its own, so its snapshot
+// is taken after the jobs were locked. An insert that adds an edge to one of them either committed
+// before the lock, and this read sees the edge, or waits for the commit.
+const SELECT_WITH_UNSETTLED_DEPENDENTS: &str = "SELECT DISTINCT depends_on_id
+    FROM job_dependencies WHERE depends_on_id = ANY($1::text[]) AND NOT settled";
 
 /// Reports whether the group writer may run `finish` with [`job_finish_many`]: it completes or
 /// fails the job, and each of its attempt records carries the finish's own lease.
@@ -137,68 +141,40 @@ pub(crate) async fn job_finish_many(
     Ok(results)
 }
 
-/// Runs every statement of the batch in one round trip, and returns the priority ranks of the
+/// Runs both statements of the batch in one round trip, and returns the priority ranks of the
 /// jobs whose lease is current, by job id, with the ids of the jobs that have unsettled
 /// dependents.
-///
-/// The server runs the statements in the order sent. The first locks the jobs whose lease is
-/// current, so the dependents read next cannot gain an edge before the commit. The writes come
-/// after the lock and check the lease again, each row against its job's row. So they write for
-/// exactly the locked jobs, because a locked row cannot change, and a lease that did not match
-/// then never matches later, since a lease token only grows. The job UPDATE comes last, because
-/// it ends the `running` state that the other writes check.
 async fn statements_run(
     tx: &PgTx<'_>,
     finishes: &[&JobFinish],
     moves: &[(Transition, JobState)],
 ) -> Result<(HashMap<String, i64>, HashSet<String>), StoreError> {
-    let job_ids: Vec<&str> = finishes.iter().map(|f| f.lease.job_id.as_str()).collect();
-    let tokens: Vec<i64> = finishes.iter().map(|finish| finish.lease.token).collect();
     let records: Vec<&AttemptRecord> = finishes.iter().flat_map(|f| &f.attempts).collect();
     let attempts = AttemptColumns::new(&records);
     let step_runs = StepRunColumns::new(&records);
     let jobs = JobColumns::new(finishes, moves);
-    let leased_params: Params<'_> = &[&job_ids, &tokens];
-    let dependents_params: Params<'_> = &[&job_ids];
-    let (attempts_params, step_runs_params, jobs_params) =
-        (attempts.params(), step_runs.params(), jobs.params());
+    let mut end_params = jobs.params();
+    end_params.extend(attempts.params());
+    end_params.extend(step_runs.params());
+    let dependents_params: Params<'_> = &[&jobs.ids];
 
     let db = tx.db();
     // A statement that still had to be prepared would be sent only after its preparation came
-    // back, out of order, so all are prepared first.
-    for sql in [
-        SELECT_LEASED_MANY,
-        SELECT_WITH_UNSETTLED_DEPENDENTS,
-        INSERT_ATTEMPTS_ENDED_MANY,
-        UPSERT_STEP_RUNS_MANY,
-        UPDATE_JOBS_END_MANY,
-    ] {
+    // back, out of order, so both are prepared first.
+    for sql in [END_LEASED_MANY, SELECT_WITH_UNSETTLED_DEPENDENTS] {
         db.prepare(sql).await?;
     }
-    let has_records = !records.is_empty();
-    let records_write = |sql, params| async move {
-        if !has_records {
-            return Ok(0);
-        }
-        db.execute(sql, params).await
-    };
-    let (leased_rows, with_dependents, _, _, updated) = tokio::try_join!(
-        db.query(SELECT_LEASED_MANY, leased_params),
+    let (leased_rows, with_dependents) = tokio::try_join!(
+        db.query(END_LEASED_MANY, &end_params),
         db.query(SELECT_WITH_UNSETTLED_DEPENDENTS, dependents_params),
-        records_write(INSERT_ATTEMPTS_ENDED_MANY, &attempts_params),
-        records_write(UPSERT_STEP_RUNS_MANY, &step_runs_params),
-        db.execute(UPDATE_JOBS_END_MANY, &jobs_params),
     )?;
 
     let mut leased = HashMap::with_capacity(leased_rows.len());
     for row in leased_rows {
+        let is_ended: bool = row.try_get(2)?;
+        assert!(is_ended, "the batch ends every job it locked");
         leased.insert(row.try_get(0)?, row.try_get(1)?);
     }
-    assert_eq!(
-        updated,
-        leased.len() as u64,
-        "the batch ends exactly the jobs it locked"
-    );
     let with_dependents = with_dependents
         .iter()
         .map(|row| row.try_get(0))
@@ -251,7 +227,7 @@ fn ended_new(
     Ok(Ended { finish, step, to })
 }
 
-/// The attempt rows of [`INSERT_ATTEMPTS_ENDED_MANY`], one array per column.
+/// The attempt rows of [`END_LEASED_MANY`], one array per column.
 struct AttemptColumns<'a> {
     job_ids: Vec<&'a str>,
     step_ids: Vec<&'a str>,
@@ -312,7 +288,7 @@ impl<'a> AttemptColumns<'a> {
     }
 }
 
-/// The step runs of [`UPSERT_STEP_RUNS_MANY`]: for each step run, the values of its last record.
+/// The step runs of [`END_LEASED_MANY`]: for each step run, the values of its last record.
 struct StepRunColumns<'a> {
     job_ids: Vec<&'a str>,
     step_ids: Vec<&'a str>,
@@ -323,8 +299,6 @@ struct StepRunColumns<'a> {
     errors: Vec<Option<&'a str>>,
     next_attempt_ats: Vec<Option<i64>>,
     updated_ats: Vec<i64>,
-    /// The lease of each step run's job, which the upsert checks.
-    tokens: Vec<i64>,
 }
 
 impl<'a> StepRunColumns<'a> {
@@ -366,7 +340,6 @@ impl<'a> StepRunColumns<'a> {
             errors: chosen.iter().map(|r| r.finish.error.as_deref()).collect(),
             next_attempt_ats: chosen.iter().map(|r| r.finish.next_attempt_at).collect(),
             updated_ats: chosen.iter().map(|r| r.finish.now).collect(),
-            tokens: chosen.iter().map(|r| r.start.lease.token).collect(),
         }
     }
 
@@ -381,12 +354,12 @@ impl<'a> StepRunColumns<'a> {
             &self.errors,
             &self.next_attempt_ats,
             &self.updated_ats,
-            &self.tokens,
         ]
     }
 }
 
-/// The job rows of [`UPDATE_JOBS_END_MANY`], with the tokens of each job's records added up.
+/// The job rows of [`END_LEASED_MANY`] with their leases, and the tokens of each job's records
+/// added up.
 struct JobColumns<'a> {
     ids: Vec<&'a str>,
     states: Vec<&'static str>,
@@ -432,13 +405,13 @@ impl<'a> JobColumns<'a> {
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         vec![
             &self.ids,
+            &self.lease_tokens,
             &self.states,
             &self.nows,
             &self.results,
             &self.errors,
             &self.prompt_tokens,
             &self.completion_tokens,
-            &self.lease_tokens,
         ]
     }
 }
