@@ -9,11 +9,11 @@ use crate::error::StoreError;
 /// The arguments of one statement.
 pub(crate) type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
-/// A connection to run statements on: a pooled client outside a transaction, or an open
-/// transaction.
+/// A connection to run statements on: a pooled client, or an open transaction.
 #[derive(Clone, Copy)]
 pub(crate) enum Db<'a> {
-    /// A pooled connection in autocommit mode, for reads.
+    /// A pooled connection: in autocommit mode for reads, or in a transaction that the group
+    /// writer began and ends with statements of its own.
     Client(&'a deadpool_postgres::Client),
     /// An open transaction.
     Tx(&'a deadpool_postgres::Transaction<'a>),
@@ -31,6 +31,15 @@ impl Db<'_> {
             Db::Tx(tx) => tx.prepare_cached(sql).await?,
         };
         Ok(statement)
+    }
+
+    /// Runs statements given as text, with no parameters, such as savepoint commands.
+    pub(crate) async fn batch_execute(&self, sql: &str) -> Result<(), StoreError> {
+        match self {
+            Db::Client(client) => client.batch_execute(sql).await?,
+            Db::Tx(tx) => tx.batch_execute(sql).await?,
+        }
+        Ok(())
     }
 
     /// Runs a statement and returns every row.

@@ -24,10 +24,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Client, Pool};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::db::Db;
 use super::errors::{error_copy, is_retryable};
 use super::tx::PgTx;
 use super::workflows::WorkflowCache;
@@ -247,33 +248,32 @@ async fn group_run_in_turn(
     // A group that fails before its calls have run drops `turn.calls_ran` unsent, and the calls
     // to run again get the group's error with the others.
     let GroupTurn { ahead, calls_ran } = turn;
-    let mut client = match shared.pool.get().await {
-        Ok(client) => client,
+    let connection = match shared.pool.get().await {
+        Ok(client) => GroupConnection {
+            client: Some(client),
+        },
         Err(error) => return group_fail(group, Vec::new(), &error.into()),
     };
-    let transaction = match client.transaction().await {
-        Ok(transaction) => transaction,
-        Err(error) => return group_fail(group, Vec::new(), &error.into()),
-    };
-    let mut tx = PgTx::new(&transaction);
+    // The first call's savepoint statement begins the transaction, in the call's round trip.
+    let mut tx = PgTx::on(Db::Client(connection.client()));
 
     let mut replies = Vec::with_capacity(group.len());
     let mut retry = Vec::new();
-    let mut is_savepoint_open = false;
+    let mut stage = Stage::NotBegun;
     let mut requests = group.into_iter().peekable();
     while let Some(first) = requests.next() {
         let mut calls = vec![first];
-        let (outcomes, is_open) = if batches_finishes && finish_batchable(&calls[0]).is_some() {
+        let (outcomes, next_stage) = if batches_finishes && finish_batchable(&calls[0]).is_some() {
             while let Some(next) = requests.next_if(|next| finish_joins(&calls, next)) {
                 calls.push(next);
             }
-            finishes_run(shared, &mut tx, &calls, is_savepoint_open).await
+            finishes_run(shared, &mut tx, &calls, stage).await
         } else {
-            let outcome = call_run(shared, &mut tx, &calls[0].op, is_savepoint_open).await;
-            let is_open = matches!(outcome, CallOutcome::Done(Ok(_)));
-            (vec![outcome], is_open)
+            let outcome = call_run(shared, &mut tx, &calls[0].op, stage).await;
+            let next_stage = Stage::after(&outcome);
+            (vec![outcome], next_stage)
         };
-        is_savepoint_open = is_open;
+        stage = next_stage;
 
         if let Err((error, mut rest)) = outcomes_file(calls, outcomes, &mut replies, &mut retry) {
             rest.extend(requests);
@@ -292,13 +292,11 @@ async fn group_run_in_turn(
         // The group ahead never sends, so the receive returns an error once that group is done.
         let _ = ahead.await;
     }
-    let committed = match tx.finish(&shared.names).await {
+    let committed = match tx.finish_and_commit(&shared.names).await {
         Ok(committed) => committed,
         Err(error) => return group_fail(Vec::new(), replies, &error),
     };
-    if let Err(error) = transaction.commit().await {
-        return group_fail(Vec::new(), replies, &error.into());
-    }
+    connection.release();
     for (reply, result) in replies {
         // The send fails only when the caller's task was cancelled. The change is committed
         // either way, so no receiver remains to report it to.
@@ -382,27 +380,25 @@ fn group_fail(
     }
 }
 
-/// Runs one call in a savepoint of its own, first releasing the previous call's savepoint when
-/// `is_savepoint_open`. The savepoint statement and the call's first statement are sent together,
-/// which saves a round trip per call.
+/// Runs one call in a savepoint of its own, opened by the statements of `stage`. The savepoint
+/// statement and the call's first statement are sent together, which saves a round trip per call.
 async fn call_run(
     shared: &WriterShared,
     tx: &mut PgTx<'_>,
     op: &WriteOp,
-    is_savepoint_open: bool,
+    stage: Stage,
 ) -> CallOutcome {
-    let statement = savepoint_statement(is_savepoint_open);
-    let transaction = tx.transaction();
+    let db = tx.db();
     let mark = tx.mark();
 
     // `join!` polls the savepoint first, and each future sends its statement on its first poll,
     // so the savepoint reaches the server before the call's statements.
     let (savepoint, ran) = tokio::join!(
-        transaction.batch_execute(statement),
+        db.batch_execute(stage.savepoint_statement()),
         CatchUnwind::new(op_run(shared, tx, op))
     );
     if let Err(error) = savepoint {
-        return CallOutcome::Broken(error.into());
+        return CallOutcome::Broken(error);
     }
 
     let error = match ran {
@@ -410,11 +406,8 @@ async fn call_run(
         Ok(Err(error)) => Some(error),
         Err(()) => None,
     };
-    if let Err(error) = transaction
-        .batch_execute("ROLLBACK TO call; RELEASE call")
-        .await
-    {
-        return CallOutcome::Broken(error.into());
+    if let Err(error) = db.batch_execute("ROLLBACK TO call; RELEASE call").await {
+        return CallOutcome::Broken(error);
     }
     tx.rollback_to(mark);
 
@@ -426,28 +419,28 @@ async fn call_run(
 }
 
 /// Runs consecutive job finishes together (see `finish_batch.rs`) in one savepoint and returns
-/// their outcomes, with whether a savepoint is left open. When the batch fails, it is rolled back
-/// and each call runs alone, so that every call gets the outcome it would get in a group without
-/// batches: a database error or a panic then stays with the call that caused it.
+/// their outcomes, with the stage of the transaction after them. When the batch fails, it is
+/// rolled back and each call runs alone, so that every call gets the outcome it would get in a
+/// group without batches: a database error or a panic then stays with the call that caused it.
 async fn finishes_run(
     shared: &WriterShared,
     tx: &mut PgTx<'_>,
     calls: &[Request],
-    is_savepoint_open: bool,
-) -> (Vec<CallOutcome>, bool) {
+    stage: Stage,
+) -> (Vec<CallOutcome>, Stage) {
     let finishes: Vec<&JobFinish> = calls
         .iter()
         .map(|call| finish_batchable(call).expect("the batch contains only batchable finishes"))
         .collect();
-    let transaction = tx.transaction();
+    let db = tx.db();
     let mark = tx.mark();
 
     let (savepoint, ran) = tokio::join!(
-        transaction.batch_execute(savepoint_statement(is_savepoint_open)),
+        db.batch_execute(stage.savepoint_statement()),
         CatchUnwind::new(finish_batch::job_finish_many(tx, &finishes))
     );
     if let Err(error) = savepoint {
-        return (vec![CallOutcome::Broken(error.into())], false);
+        return (vec![CallOutcome::Broken(error)], stage);
     }
     match ran {
         Ok(Ok(results)) => {
@@ -455,7 +448,7 @@ async fn finishes_run(
                 .into_iter()
                 .map(|result| CallOutcome::Done(result.map(|()| WriteValue::Done)))
                 .collect();
-            return (outcomes, true);
+            return (outcomes, Stage::SavepointOpen);
         }
         Ok(Err(error)) => {
             tracing::debug!(
@@ -471,35 +464,81 @@ async fn finishes_run(
             );
         }
     }
-    if let Err(error) = transaction
-        .batch_execute("ROLLBACK TO call; RELEASE call")
-        .await
-    {
-        return (vec![CallOutcome::Broken(error.into())], false);
+    if let Err(error) = db.batch_execute("ROLLBACK TO call; RELEASE call").await {
+        return (vec![CallOutcome::Broken(error)], stage);
     }
     tx.rollback_to(mark);
 
     let mut outcomes = Vec::with_capacity(calls.len());
-    let mut is_open = false;
+    let mut stage = Stage::Begun;
     for call in calls {
-        let outcome = call_run(shared, tx, &call.op, is_open).await;
-        is_open = matches!(outcome, CallOutcome::Done(Ok(_)));
+        let outcome = call_run(shared, tx, &call.op, stage).await;
+        stage = Stage::after(&outcome);
         let is_broken = matches!(outcome, CallOutcome::Broken(_));
         outcomes.push(outcome);
         if is_broken {
             break;
         }
     }
-    (outcomes, is_open)
+    (outcomes, stage)
 }
 
-/// Returns the statement that opens a call's savepoint, first releasing the previous call's
-/// savepoint when `is_savepoint_open`.
-fn savepoint_statement(is_savepoint_open: bool) -> &'static str {
-    if is_savepoint_open {
-        "RELEASE call; SAVEPOINT call"
-    } else {
-        "SAVEPOINT call"
+/// The state of a group's transaction between two calls.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stage {
+    /// No statement has run yet, so the next one begins the transaction.
+    NotBegun,
+    /// The transaction is open, with no savepoint.
+    Begun,
+    /// The previous call succeeded, and its savepoint is still open.
+    SavepointOpen,
+}
+
+impl Stage {
+    /// Returns the stage after a call with `outcome`: a call that succeeded leaves its savepoint
+    /// open, and any other was rolled back to it and released it, or broke the transaction.
+    fn after(outcome: &CallOutcome) -> Stage {
+        match outcome {
+            CallOutcome::Done(Ok(_)) => Stage::SavepointOpen,
+            _ => Stage::Begun,
+        }
+    }
+
+    /// Returns the statements that open a call's savepoint from this stage.
+    fn savepoint_statement(self) -> &'static str {
+        match self {
+            Stage::NotBegun => "BEGIN; SAVEPOINT call",
+            Stage::Begun => "SAVEPOINT call",
+            Stage::SavepointOpen => "RELEASE call; SAVEPOINT call",
+        }
+    }
+}
+
+/// The pooled connection of one group. Dropped before the group has committed, it closes the
+/// connection instead of returning it to the pool, so that the server rolls back whatever the
+/// group left open and no later user of the pool finds a transaction in progress.
+struct GroupConnection {
+    client: Option<Client>,
+}
+
+impl GroupConnection {
+    fn client(&self) -> &Client {
+        self.client
+            .as_ref()
+            .expect("the client stays until release or drop")
+    }
+
+    /// Returns the connection to the pool, once the group's transaction has ended.
+    fn release(mut self) {
+        drop(self.client.take());
+    }
+}
+
+impl Drop for GroupConnection {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(Client::take(client));
+        }
     }
 }
 

@@ -541,3 +541,60 @@ async fn claim_passes_blocked_finish() {
     let job = store.job_get(&lease.job_id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Completed);
 }
+
+/// The commit goes out with the counters and events of a group. When one of those statements
+/// fails, PostgreSQL rolls the whole group back at the commit, and every call gets the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_event_insert_rolls_back_group() {
+    let Some(store) = store_new().await else {
+        return;
+    };
+    let scenario = scenario_new(&store, 2).await;
+    let lease = |index: usize| &scenario.workers[index];
+    let refused = &lease(1).job_id;
+    let client = store.pool.get().await.unwrap();
+    let refuse = format!(
+        "CREATE FUNCTION events_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.kind = 'job.completed' AND NEW.job_id = '{refused}' THEN
+                RAISE EXCEPTION 'event refused by the test';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER events_refuse BEFORE INSERT ON events
+            FOR EACH ROW EXECUTE FUNCTION events_refuse()"
+    );
+    client.batch_execute(&refuse).await.unwrap();
+    let counts_before = store.job_counts().await.unwrap();
+
+    let ops = vec![
+        finish(lease(0), Vec::new(), JobOutcome::Completed(json!(0))),
+        finish(lease(1), Vec::new(), JobOutcome::Completed(json!(1))),
+    ];
+    let results = group_write(&store, ops, true).await;
+    for result in &results {
+        let Err(StoreError::Database(message)) = result else {
+            panic!("every call of the group gets the database error");
+        };
+        assert!(message.contains("event refused by the test"), "{message}");
+    }
+    for index in 0..2 {
+        let job = store.job_get(&lease(index).job_id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Running, "job {index} is still running");
+    }
+    assert_eq!(store.job_counts().await.unwrap(), counts_before);
+
+    client
+        .batch_execute("DROP TRIGGER events_refuse ON events")
+        .await
+        .unwrap();
+    let ops = vec![finish(
+        lease(1),
+        Vec::new(),
+        JobOutcome::Completed(json!(1)),
+    )];
+    let results = group_write(&store, ops, true).await;
+    assert!(results[0].is_ok(), "the next group commits");
+    let job = store.job_get(refused).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Completed);
+}

@@ -44,9 +44,10 @@ const INSERT_EVENTS: &str = "WITH inserted AS (
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// An open write transaction with the counter changes, events and wake-ups it will commit.
-/// The caller owns the transaction itself and commits it after [`PgTx::finish`].
+/// The caller owns the transaction itself and commits it after [`PgTx::finish`], or with
+/// [`PgTx::finish_and_commit`].
 pub(crate) struct PgTx<'c> {
-    tx: &'c deadpool_postgres::Transaction<'c>,
+    db: Db<'c>,
     counts: BTreeMap<&'static str, i64>,
     events: Vec<Event>,
     wakes_workers: bool,
@@ -68,22 +69,23 @@ pub(crate) struct Committed {
 impl<'c> PgTx<'c> {
     /// Wraps an open transaction, with no pending changes.
     pub(crate) fn new(tx: &'c deadpool_postgres::Transaction<'c>) -> PgTx<'c> {
+        PgTx::on(Db::Tx(tx))
+    }
+
+    /// Wraps a connection that is in a transaction, or whose next statements begin one, with no
+    /// pending changes.
+    pub(crate) fn on(db: Db<'c>) -> PgTx<'c> {
         PgTx {
-            tx,
+            db,
             counts: BTreeMap::new(),
             events: Vec::new(),
             wakes_workers: false,
         }
     }
 
-    /// Returns the transaction itself, for savepoints.
-    pub(crate) fn transaction(&self) -> &'c deadpool_postgres::Transaction<'c> {
-        self.tx
-    }
-
     /// Returns the connection inside the transaction.
-    pub(crate) fn db(&self) -> Db<'_> {
-        Db::Tx(self.tx)
+    pub(crate) fn db(&self) -> Db<'c> {
+        self.db
     }
 
     /// Runs a statement and returns every row.
@@ -163,12 +165,26 @@ impl<'c> PgTx<'c> {
 
     /// Writes the counters and events and sends the notifications, which PostgreSQL delivers at
     /// the commit. The caller commits next.
+    pub(crate) async fn finish(self, names: &Names) -> Result<Committed, StoreError> {
+        self.statements_end(names, false).await
+    }
+
+    /// Writes the counters and events like [`PgTx::finish`], and sends `COMMIT` in the same
+    /// round trip, so that the event lock is not held while the client reads the replies.
+    ///
+    /// When a statement before it fails, PostgreSQL ends the transaction with a rollback at the
+    /// `COMMIT`, and this returns that statement's error.
+    pub(crate) async fn finish_and_commit(self, names: &Names) -> Result<Committed, StoreError> {
+        self.statements_end(names, true).await
+    }
+
+    /// Runs the statements of [`PgTx::finish`], then `COMMIT` when `commits`.
     ///
     /// The statements go out together, in one round trip, and the server runs them in the order
     /// sent: the counters in the order of their state names, then the event lock, then the event
     /// insert. Each is prepared first, because a statement that still had to be prepared would be
     /// sent only after its preparation came back.
-    pub(crate) async fn finish(self, names: &Names) -> Result<Committed, StoreError> {
+    async fn statements_end(self, names: &Names, commits: bool) -> Result<Committed, StoreError> {
         let db = self.db();
         for sql in [UPDATE_COUNT, LOCK_EVENTS, INSERT_EVENTS, NOTIFY] {
             db.prepare(sql).await?;
@@ -216,6 +232,12 @@ impl<'c> PgTx<'c> {
             run_if(has_events, LOCK_EVENTS, lock_params),
             run_if(has_events, INSERT_EVENTS, &events_params),
             run_if(self.wakes_workers, NOTIFY, work_params),
+            async {
+                if commits {
+                    db.batch_execute("COMMIT").await?;
+                }
+                Ok(0)
+            },
         )?;
         Ok(Committed {
             wakes_workers: self.wakes_workers,
