@@ -117,6 +117,8 @@ impl From<StoreError> for ApiError {
                 (S::UNPROCESSABLE_ENTITY, "approval_step_ambiguous")
             }
             StoreError::Busy(_) => (S::SERVICE_UNAVAILABLE, "store_busy"),
+            StoreError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            StoreError::TextInvalid(_) => (S::BAD_REQUEST, "text_invalid"),
             _ => return ApiError::internal(&error),
         };
         ApiError::new(status, code, error.to_string())

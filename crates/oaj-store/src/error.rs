@@ -132,6 +132,13 @@ pub enum StoreError {
     /// or is corrupt.
     #[error("corrupt data in the store: {0}")]
     Corrupt(String),
+    /// The database server cannot be reached, or it ended the connection (a restart, a
+    /// shutdown). The same call may succeed once the server is back.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A text value cannot be stored: PostgreSQL rejects the NUL character (`\u0000`) in text.
+    #[error("invalid text: {0}")]
+    TextInvalid(String),
     /// Any other database failure.
     #[error("database error: {0}")]
     Database(String),

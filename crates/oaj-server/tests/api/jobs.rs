@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{nap_workflow, Options, TestServer};
+use crate::support::{nap_workflow, postgres_url, Options, TestServer};
 
 #[tokio::test]
 async fn job_runs_to_result_with_steps_and_events() {
@@ -204,6 +204,44 @@ async fn batch_create_count_and_cancel() {
     assert_eq!(status, 404);
     let (status, body) = server.post("/v1/batches", json!({"jobs": []})).await;
     assert_eq!(status, 422, "{body}");
+    server.stop().await;
+}
+
+/// PostgreSQL rejects the NUL character in text. The API answers 400 for it, where it answered
+/// 500 `internal`, and the store keeps working.
+#[tokio::test]
+async fn nul_text_rejected_on_postgres() {
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let server = TestServer::start_with(Options {
+        postgres_url: Some(url),
+        ..Options::default()
+    })
+    .await;
+    server.greet_register().await;
+    let input = json!({"name": "Ada"});
+    let bodies = [
+        json!({"workflow_id": "greet", "input": input, "idempotency_key": "a\u{0}b"}),
+        json!({"workflow_id": "gr\u{0}eet", "input": input}),
+    ];
+    for body in bodies {
+        let (status, error) = server.post("/v1/jobs", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert_eq!(error["code"], "text_invalid", "{body}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("NUL"),
+            "{error}"
+        );
+    }
+    let (status, error) = server.get("/v1/jobs/a%00b").await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["code"], "text_invalid", "{error}");
+
+    let id = server
+        .job_create(json!({"workflow_id": "greet", "input": input}))
+        .await;
+    server.job_wait(&id, "completed").await;
     server.stop().await;
 }
 

@@ -8,7 +8,7 @@ use oaj_core::SystemClock;
 use oaj_engine::agent::AgentRegistry;
 use oaj_engine::{Engine, EngineConfig};
 use oaj_server::ServerConfig;
-use oaj_store::SqliteStore;
+use oaj_store::{PostgresOptions, PostgresStore, SqliteStore, Store};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -30,6 +30,8 @@ pub struct Options {
     pub token: Option<String>,
     pub without_workers: bool,
     pub db: Option<PathBuf>,
+    /// PostgreSQL server to use instead of the SQLite file, in a new schema of its own.
+    pub postgres_url: Option<String>,
 }
 
 impl TestServer {
@@ -46,7 +48,10 @@ impl TestServer {
                 (Some(dir), db)
             }
         };
-        let store = Arc::new(SqliteStore::open(&db).expect("the store opens"));
+        let store: Arc<dyn Store> = match &options.postgres_url {
+            Some(url) => Arc::new(postgres_store(url).await),
+            None => Arc::new(SqliteStore::open(&db).expect("the store opens")),
+        };
         let config = EngineConfig {
             lease: Duration::from_secs(2),
             heartbeat: Duration::from_millis(200),
@@ -181,4 +186,35 @@ pub fn nap_workflow(ms: u64) -> Value {
         "id": "nap",
         "steps": [{"id": "rest", "component": "sleep", "inputs": {"ms": ms}}]
     })
+}
+
+/// Connects to `url` in a new schema that no other test uses.
+async fn postgres_store(url: &str) -> PostgresStore {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_nanos();
+    let options = PostgresOptions {
+        schema: Some(format!("oaj_api_{}_{nanos}", std::process::id())),
+        pool_size: 2,
+    };
+    PostgresStore::connect_with(url, options)
+        .await
+        .expect("the test PostgreSQL server accepts a new store")
+}
+
+/// Returns the test PostgreSQL server's URL from `OAJ_TEST_DATABASE_URL`. Without it, fails under
+/// CI (`CI=true`) and otherwise returns `None` after a notice.
+pub fn postgres_url() -> Option<String> {
+    const VAR: &str = "OAJ_TEST_DATABASE_URL";
+    match std::env::var(VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+            panic!("{VAR} is not set, but CI=true requires the PostgreSQL tests to run")
+        }
+        _ => {
+            eprintln!("*** SKIPPED: a PostgreSQL API test, because {VAR} is not set. ***");
+            None
+        }
+    }
 }

@@ -134,7 +134,7 @@ impl PostgresStore {
         options: PostgresOptions,
     ) -> Result<PostgresStore, StoreError> {
         let mut config = Config::from_str(url).map_err(|error| StoreError::Open {
-            path: "(postgres URL not url_redacted, it may contain a password)".to_owned(),
+            path: "(postgres URL not shown, it may contain a password)".to_owned(),
             message: format!(
                 "invalid postgres URL: {error}; expected postgres://USER@HOST:PORT/DATABASE"
             ),

@@ -67,3 +67,32 @@ fn missing_folder_is_named() {
         "oaj created the missing folder"
     );
 }
+
+#[test]
+fn invalid_postgres_url_hides_it() {
+    let output = oaj(&["jobs", "list", "--database", "postgres://user:secret@[bad"]);
+
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains("postgres URL not shown"), "{text}");
+    assert!(text.contains("invalid postgres URL"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+}
+
+#[test]
+fn refused_postgres_connection_gives_cause() {
+    // A port that was free a moment ago: nothing listens there, so the connection is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/oaj");
+
+    let output = oaj(&["jobs", "list", "--database", &url]);
+
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(text.contains("database unavailable"), "{text}");
+    assert!(text.contains("refused"), "{text}");
+}
