@@ -267,7 +267,35 @@ fn idempotency_key(plan: &AttemptPlan) -> String {
 }
 
 /// Builds the record of an attempt's end at `now`. `random`, in `[0, 1)`, draws the retry jitter.
+///
+/// An agent's log and error can carry any bytes a program printed. Each NUL character in them
+/// becomes U+FFFD, because PostgreSQL rejects NUL in text, and a record that cannot be stored
+/// would leave the job to be rescued and run again.
 fn attempt_finish(
+    plan: &AttemptPlan,
+    attempt_id: i64,
+    result: CallResult,
+    now: i64,
+    random: f64,
+) -> AttemptFinish {
+    let mut finish = finish_of_call(plan, attempt_id, result, now, random);
+    nul_replace(&mut finish.log);
+    if let Some(error) = &mut finish.error {
+        nul_replace(error);
+    }
+    finish
+}
+
+/// Replaces each NUL character of `text` with U+FFFD.
+fn nul_replace(text: &mut String) {
+    if text.contains('\0') {
+        *text = text.replace('\0', "\u{FFFD}");
+    }
+}
+
+/// Builds the record of an attempt's end, as [`attempt_finish`] does, with the agent's text as
+/// it came.
+fn finish_of_call(
     plan: &AttemptPlan,
     attempt_id: i64,
     result: CallResult,
@@ -398,6 +426,18 @@ mod tests {
 
     fn failed() -> CallResult {
         CallResult::Error(AgentError::retryable("boom"))
+    }
+
+    #[test]
+    fn nul_in_agent_text_replaced() {
+        let mut error = AgentError::permanent("exit \0 code 3");
+        error.log = "bad\0byte\n".to_owned();
+
+        let finish = attempt_finish(&plan(1), 1, CallResult::Error(error), 0, 0.0);
+
+        assert_eq!(finish.error.as_deref(), Some("exit \u{FFFD} code 3"));
+        assert_eq!(finish.log, "bad\u{FFFD}byte\n");
+        assert_eq!(finish.step_state, StepState::Failed);
     }
 
     #[test]

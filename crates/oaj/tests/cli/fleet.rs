@@ -200,6 +200,17 @@ pub(crate) fn url_with_schema(url: &str, schema: &str) -> String {
     format!("{url}{separator}options=-c%20search_path%3D{schema}%20-c%20synchronous_commit%3Doff")
 }
 
+/// Creates `schema` with the store's tables.
+pub(crate) async fn schema_create(url: &str, schema: &str) {
+    let options = PostgresOptions {
+        schema: Some(schema.to_owned()),
+        pool_size: 1,
+    };
+    PostgresStore::connect_with(url, options)
+        .await
+        .expect("the test PostgreSQL server accepts a new store");
+}
+
 /// Creates `schema` with the store's tables, registers the workflow and submits `count` jobs.
 /// Returns the store and the ids of the jobs.
 pub(crate) async fn jobs_submit(

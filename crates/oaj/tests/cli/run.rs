@@ -39,6 +39,41 @@ fn failed_job_exits_four() {
     assert!(text.contains("disk on fire"), "{text}");
 }
 
+/// A program that prints the NUL character to its stderr. PostgreSQL rejects NUL in text, and
+/// the attempt's record with that log failed to store there, so the step ran again and again.
+#[test]
+fn nul_in_stderr_kept_on_both_stores() {
+    let sandbox = Sandbox::new();
+    let workflow = sandbox.write(
+        "workflow.json",
+        &shell_workflow(&[
+            ("a", "printf 'bad\\000byte\\n' >&2; echo '{}'", json!({})),
+            ("b", "printf 'bad\\000byte\\n' >&2; exit 3", json!({})),
+        ]),
+    );
+    let mut stores = vec![vec!["--db".to_owned(), sandbox.db().display().to_string()]];
+    if let Some(url) = crate::fleet::database_url() {
+        let schema = crate::fleet::schema_new();
+        tokio::runtime::Runtime::new()
+            .expect("a tokio runtime starts")
+            .block_on(crate::fleet::schema_create(&url, &schema));
+        let url = crate::fleet::url_with_schema(&url, &schema);
+        stores.push(vec!["--database".to_owned(), url]);
+    }
+
+    for store in stores {
+        let mut args = vec!["run", workflow.as_str()];
+        args.extend(store.iter().map(String::as_str));
+        let output = crate::oaj(&args);
+
+        assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+        let text = stderr(&output);
+        assert!(text.contains("step b failed"), "{store:?}: {text}");
+        assert!(text.contains("bad\u{FFFD}byte"), "{store:?}: {text}");
+        assert!(!text.contains("interrupted"), "{store:?}: {text}");
+    }
+}
+
 #[test]
 fn invalid_workflow_exits_three_and_stores_nothing() {
     let sandbox = Sandbox::new();
