@@ -130,7 +130,8 @@ pub(crate) struct EventsQuery {
         (status = 404, description = "Workflow not found", body = ApiError),
         (status = 409, description = "Idempotency key used by a different request", body = ApiError),
         (status = 422, description = "Invalid input, workflow or dependency", body = ApiError),
-        (status = 415, description = "Content-Type is not application/json", body = ApiError)))]
+        (status = 415, description = "Content-Type is not application/json", body = ApiError),
+        (status = 503, description = "The store cannot serve now, or the job is stored but could not be read back (`job_stored_unread`)", body = ApiError)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<JobCreate>,
@@ -138,7 +139,26 @@ pub(crate) async fn create(
     let started = state.now_ms();
     let submit = job_submit(&state, request, "").await?;
     let id = state.engine.job_submit(submit).await?;
-    let job = job_load(&state, &id).await?;
+    let job = match state.store().job_get(&id).await {
+        Ok(Some(job)) => job,
+        // The job is committed, so the error must say so: a client that took it for a failed
+        // submit and sent it again without an idempotency key would create a second job.
+        result => {
+            let cause = match result {
+                Err(error) => error.to_string(),
+                _ => "it was deleted at once".to_owned(),
+            };
+            tracing::warn!(job_id = %id, error = %cause, "job stored, but reading it back failed");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "job_stored_unread",
+                format!(
+                    "job {id} is stored, but reading it back failed ({cause}): get it with \
+                     GET /v1/jobs/{id} instead of submitting it again"
+                ),
+            ));
+        }
+    };
     // The store returns the first job's id for an idempotent repeat, and that job was created
     // before this request began.
     // NOTE: a repeat within the same millisecond as the first request is reported as 201.
