@@ -141,8 +141,8 @@ pub(crate) async fn create(
     let id = state.engine.job_submit(submit).await?;
     let job = match state.store().job_get(&id).await {
         Ok(Some(job)) => job,
-        // The job is committed, so the error must say so: a client that took it for a failed
-        // submit and sent it again without an idempotency key would create a second job.
+        // The job is committed, so the error names it: a client that took it for a failed submit
+        // and sent it again without an idempotency key would create a second job.
         result => {
             let cause = match result {
                 Err(error) => error.to_string(),

@@ -207,8 +207,8 @@ async fn batch_create_count_and_cancel() {
     server.stop().await;
 }
 
-/// PostgreSQL rejects the NUL character in text. The API answers 400 for it, where it answered
-/// 500 `internal`, and the store keeps working.
+/// PostgreSQL rejects the NUL character in text: the API returns 400 `text_invalid` for it, and
+/// the store keeps working.
 #[tokio::test]
 async fn nul_text_rejected_on_postgres() {
     let Some(url) = postgres_url() else {

@@ -39,10 +39,10 @@ fn failed_job_exits_four() {
     assert!(text.contains("disk on fire"), "{text}");
 }
 
-/// A program that prints the NUL character to its stderr. PostgreSQL rejects NUL in text, and
-/// the attempt's record with that log failed to store there, so the step ran again and again.
+/// A program that prints the NUL character to its stderr. PostgreSQL rejects NUL in text, so the
+/// engine replaces it, and the step fails once, as on SQLite, instead of running again.
 #[test]
-fn nul_in_stderr_kept_on_both_stores() {
+fn nul_in_stderr_replaced_on_both_stores() {
     let sandbox = Sandbox::new();
     let workflow = sandbox.write(
         "workflow.json",
