@@ -90,6 +90,11 @@ pub struct WorkerArgs {
     /// Limit for one agent, as NAME=N; repeat for several agents.
     #[arg(long = "agent-limit", value_name = "NAME=N", value_parser = agent_limit)]
     pub agent_limits: Vec<(String, usize)>,
+    /// Delete jobs that ended (completed, failed or cancelled) more than this many days ago, with
+    /// their attempts, step runs and events. Fractions are allowed (0.5 is twelve hours). Without
+    /// it, finished jobs are kept.
+    #[arg(long, value_name = "DAYS", value_parser = retention_days)]
+    pub retention_days: Option<f64>,
 }
 
 impl WorkerArgs {
@@ -103,6 +108,9 @@ impl WorkerArgs {
             // Renew often enough that two missed heartbeats still leave the lease alive.
             heartbeat: (lease / 4).min(Duration::from_millis(500)),
             agent_limits: self.agent_limits.iter().cloned().collect(),
+            retention: self
+                .retention_days
+                .map(|days| Duration::from_secs_f64(days * SECONDS_PER_DAY)),
             ..EngineConfig::default()
         }
     }
@@ -117,6 +125,26 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     } else {
         Err(format!(
             "{text} is out of range: expected seconds between 0.1 and 86400"
+        ))
+    }
+}
+
+const SECONDS_PER_DAY: f64 = 86_400.0;
+
+/// Maximum retention, in days: a hundred years.
+const RETENTION_DAYS_MAX: f64 = 36_500.0;
+
+fn retention_days(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("invalid number of days {text:?}: expected a number such as 30"))?;
+    // A retention under a second would delete a job in the moment it ends.
+    if value * SECONDS_PER_DAY >= 1.0 && value <= RETENTION_DAYS_MAX {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{text} is out of range: expected days between 0.0000116 (one second) and \
+             {RETENTION_DAYS_MAX}"
         ))
     }
 }

@@ -195,6 +195,7 @@ fn worker_config() -> oaj_engine::EngineConfig {
         jobs_max: 1,
         lease_seconds: 30.0,
         agent_limits: Vec::new(),
+        retention_days: None,
     }
     .config()
 }

@@ -169,6 +169,63 @@ fn unwritable_log_keeps_server_working() {
     }
 }
 
+/// With `--retention-days`, a job that ended is deleted once the retention has passed, and a
+/// job that has not ended (here one delayed by an hour) stays.
+#[test]
+fn retention_deletes_ended_jobs() {
+    let sandbox = Sandbox::new();
+    // Two seconds.
+    let server = Server::start_with(&sandbox, &["--retention-days", "0.0000232"]);
+    let workflow = sandbox.write("greet.json", ECHO_WORKFLOW);
+
+    let ended = parse(&ok(
+        &sandbox,
+        &server,
+        &[
+            "submit",
+            &workflow,
+            "--input",
+            r#"{"name": "ada"}"#,
+            "--wait",
+            "--json",
+        ],
+    ));
+    assert_eq!(ended["state"], "completed", "{ended}");
+    let ended_id = ended["id"].as_str().expect("job id").to_owned();
+    let delayed = parse(&ok(
+        &sandbox,
+        &server,
+        &[
+            "submit",
+            &workflow,
+            "--input",
+            r#"{"name": "bo"}"#,
+            "--delay",
+            "3600",
+            "--json",
+        ],
+    ));
+    let delayed_id = delayed["id"].as_str().expect("job id").to_owned();
+
+    crate::wait_for("the ended job to be deleted", || {
+        let output = client(&sandbox, &server.url, TOKEN, &["jobs", "show", &ended_id]);
+        (output.status.code() != Some(0)).then_some(())
+    });
+    let delayed_shown = client(&sandbox, &server.url, TOKEN, &["jobs", "show", &delayed_id]);
+    assert_eq!(
+        delayed_shown.status.code(),
+        Some(0),
+        "{}",
+        stderr(&delayed_shown)
+    );
+    let ended_shown = client(&sandbox, &server.url, TOKEN, &["jobs", "show", &ended_id]);
+    assert!(
+        stderr(&ended_shown).contains("not found"),
+        "{}",
+        stderr(&ended_shown)
+    );
+}
+
 #[test]
 fn submit_stored_workflow_by_id() {
     let sandbox = Sandbox::new();
