@@ -72,10 +72,13 @@ pub(crate) async fn job_claim(
     let expires_at = params.now + params.lease_ms;
     let claim_params: Params<'_> = &[&ids, &params.worker_id, &expires_at, &params.now];
     let db = tx.db();
-    let (rows, mut step_runs) = tokio::try_join!(
+    // `join!` and then `?` in statement order: after a failed statement the server answers the
+    // next ones with 25P02 (transaction aborted), and the first error is the cause.
+    let (rows, step_runs) = tokio::join!(
         db.query(UPDATE_CLAIM, claim_params),
         step_run_list_many(db, &ids),
-    )?;
+    );
+    let (rows, mut step_runs) = (rows?, step_runs?);
     let mut jobs = rows
         .iter()
         .map(job_from_row)

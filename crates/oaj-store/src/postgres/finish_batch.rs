@@ -164,10 +164,12 @@ async fn statements_run(
     for sql in [END_LEASED_MANY, SELECT_WITH_UNSETTLED_DEPENDENTS] {
         db.prepare(sql).await?;
     }
-    let (leased_rows, with_dependents) = tokio::try_join!(
+    // Errors in statement order, as in `claims::job_claim`.
+    let (leased_rows, with_dependents) = tokio::join!(
         db.query(END_LEASED_MANY, &end_params),
         db.query(SELECT_WITH_UNSETTLED_DEPENDENTS, dependents_params),
-    )?;
+    );
+    let (leased_rows, with_dependents) = (leased_rows?, with_dependents?);
 
     let mut leased = HashMap::with_capacity(leased_rows.len());
     for row in leased_rows {

@@ -432,7 +432,11 @@ async fn finish_batch_error_stays_with_its_call() {
     let results = group_write(&store, ops, true).await;
 
     assert!(results[0].is_ok());
-    assert!(matches!(results[1], Err(StoreError::TextInvalid(_))));
+    assert!(
+        matches!(results[1], Err(StoreError::TextInvalid(_))),
+        "{:?}",
+        results[1].as_ref().err()
+    );
     assert!(results[2].is_ok());
     let job = |index: usize| {
         let store = &store;

@@ -220,7 +220,8 @@ impl<'c> PgTx<'c> {
             let params: Params<'_> = count_params.get(index).map_or(&[], |params| &params[..]);
             run_if(index < count_params.len(), UPDATE_COUNT, params)
         };
-        tokio::try_join!(
+        // Errors in statement order, as in `claims::job_claim`.
+        let results = tokio::join!(
             count(0),
             count(1),
             count(2),
@@ -238,7 +239,11 @@ impl<'c> PgTx<'c> {
                 }
                 Ok(0)
             },
-        )?;
+        );
+        let (c0, c1, c2, c3, c4, c5, c6, c7, lock, insert, notify, commit) = results;
+        for result in [c0, c1, c2, c3, c4, c5, c6, c7, lock, insert, notify, commit] {
+            result?;
+        }
         Ok(Committed {
             wakes_workers: self.wakes_workers,
         })

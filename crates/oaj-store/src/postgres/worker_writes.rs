@@ -209,11 +209,15 @@ async fn attempt_record_leased(
     ];
 
     let db = tx.db();
-    let (id, _, _) = tokio::try_join!(
+    // Errors in statement order, as in `claims::job_claim`.
+    let (id, step, tokens) = tokio::join!(
         db.query_value::<i64>(INSERT_ATTEMPT_ENDED, attempt_params),
         db.execute(UPSERT_STEP_AFTER_ATTEMPT, step_params),
         db.execute(UPDATE_JOB_TOKENS, tokens_params),
-    )?;
+    );
+    let id = id?;
+    step?;
+    tokens?;
 
     tx.event_add(attempt_started_event(start));
     tx.event_add(attempt_ended_event(finish, start.number));
