@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
-use oaj_store::{Event, EventFilter};
+use oaj_store::{Event, EventFilter, StoreError};
 use serde::Deserialize;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
@@ -52,7 +52,8 @@ pub(crate) struct StreamQuery {
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(StreamQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this sequence number")),
     responses((status = 200, description = "An endless text/event-stream", content_type = "text/event-stream"),
-        (status = 400, description = "A parameter does not parse", body = ApiError)))]
+        (status = 400, description = "A parameter does not parse, or the store rejects it", body = ApiError),
+        (status = 503, description = "The store cannot serve the replay now", body = ApiError)))]
 pub(crate) async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -75,7 +76,12 @@ pub(crate) async fn stream(
         Some(after) => Start::Replay(after),
         None => Start::Live,
     };
-    let cursor = Cursor::new(state.clone(), receiver, query, start);
+    let mut cursor = Cursor::new(state.clone(), receiver, query, start);
+    // The first page is read before the response starts, so that a filter the store rejects or a
+    // store that is down gets a 4xx or a 503 instead of an empty stream that closes at once.
+    if cursor.is_replaying {
+        cursor.replay_read().await?;
+    }
     let events = futures_util::stream::unfold(cursor, |mut cursor| async move {
         let event = cursor.next().await?;
         Some((Ok(event), cursor))
@@ -178,22 +184,26 @@ impl Cursor {
     }
 
     async fn replay_page(&mut self) -> Option<()> {
-        let filter = EventFilter {
-            job_id: self.query.job.clone(),
-            after_seq: self.last_seq.max(0),
-            limit: REPLAY_PAGE,
-        };
-        match self.state.store().event_list(filter).await {
-            Ok(events) => {
-                self.is_replaying = events.len() == REPLAY_PAGE as usize;
-                self.buffer.extend(events);
-                Some(())
-            }
+        match self.replay_read().await {
+            Ok(()) => Some(()),
             Err(error) => {
                 tracing::warn!(error = %error, "event stream replay failed; closing the stream");
                 None
             }
         }
+    }
+
+    /// Reads the next page of stored events into the buffer.
+    async fn replay_read(&mut self) -> Result<(), StoreError> {
+        let filter = EventFilter {
+            job_id: self.query.job.clone(),
+            after_seq: self.last_seq.max(0),
+            limit: REPLAY_PAGE,
+        };
+        let events = self.state.store().event_list(filter).await?;
+        self.is_replaying = events.len() == REPLAY_PAGE as usize;
+        self.buffer.extend(events);
+        Ok(())
     }
 
     async fn is_match(&mut self, event: &Event) -> bool {

@@ -234,9 +234,11 @@ async fn nul_text_rejected_on_postgres() {
             "{error}"
         );
     }
-    let (status, error) = server.get("/v1/jobs/a%00b").await;
-    assert_eq!(status, 400, "{error}");
-    assert_eq!(error["code"], "text_invalid", "{error}");
+    for path in ["/v1/jobs/a%00b", "/v1/events?job=a%00b&after=0"] {
+        let (status, error) = server.get(path).await;
+        assert_eq!(status, 400, "{path}: {error}");
+        assert_eq!(error["code"], "text_invalid", "{path}: {error}");
+    }
 
     let id = server
         .job_create(json!({"workflow_id": "greet", "input": input}))
