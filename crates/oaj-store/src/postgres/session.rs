@@ -22,6 +22,9 @@ pub(crate) async fn session_open(
                 }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
+                    // The client's error prints only "db error", and the store's adds the server's
+                    // code and message.
+                    let error = crate::StoreError::from(error);
                     tracing::warn!(error = %error, "postgres session connection failed");
                     return;
                 }
