@@ -72,8 +72,8 @@ pub(crate) async fn job_claim(
     let expires_at = params.now + params.lease_ms;
     let claim_params: Params<'_> = &[&ids, &params.worker_id, &expires_at, &params.now];
     let db = tx.db();
-    // `join!` and then `?` in statement order: after a failed statement the server answers the
-    // next ones with 25P02 (transaction aborted), and the first error is the cause.
+    // `join!` and then `?` in statement order: after a failed statement the server fails the next
+    // ones with 25P02 (transaction aborted), so the first error is the cause.
     let (rows, step_runs) = tokio::join!(
         db.query(UPDATE_CLAIM, claim_params),
         step_run_list_many(db, &ids),
