@@ -121,6 +121,10 @@ impl From<StoreError> for ApiError {
             StoreError::TextInvalid(_) => (S::BAD_REQUEST, "text_invalid"),
             _ => return ApiError::internal(&error),
         };
+        if status == S::SERVICE_UNAVAILABLE {
+            // The request log records only the status, so this is the line with the cause.
+            tracing::warn!(error = %error, "request failed: the store cannot serve it now");
+        }
         ApiError::new(status, code, error.to_string())
     }
 }
