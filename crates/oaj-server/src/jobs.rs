@@ -139,25 +139,12 @@ pub(crate) async fn create(
     let started = state.now_ms();
     let submit = job_submit(&state, request, "").await?;
     let id = state.engine.job_submit(submit).await?;
+    // The job is committed, so a failed read must not look like a failed submit: a client that
+    // sent it again without an idempotency key would create a second job.
     let job = match state.store().job_get(&id).await {
         Ok(Some(job)) => job,
-        // The job is committed, so the error names it: a client that took it for a failed submit
-        // and sent it again without an idempotency key would create a second job.
-        result => {
-            let cause = match result {
-                Err(error) => error.to_string(),
-                _ => "it was deleted at once".to_owned(),
-            };
-            tracing::warn!(job_id = %id, error = %cause, "job stored, but reading it back failed");
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "job_stored_unread",
-                format!(
-                    "job {id} is stored, but reading it back failed ({cause}): get it with \
-                     GET /v1/jobs/{id} instead of submitting it again"
-                ),
-            ));
-        }
+        Ok(None) => return Err(stored_unread(&id, "it was deleted at once")),
+        Err(error) => return Err(stored_unread(&id, &error.to_string())),
     };
     // The store returns the first job's id for an idempotent repeat, and that job was created
     // before this request began.
@@ -168,6 +155,19 @@ pub(crate) async fn create(
         StatusCode::CREATED
     };
     Ok((status, Json(job)))
+}
+
+/// Builds the 503 for a job that is stored but could not be read back, and logs it.
+fn stored_unread(id: &str, cause: &str) -> ApiError {
+    tracing::warn!(job_id = %id, error = %cause, "job stored, but reading it back failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "job_stored_unread",
+        format!(
+            "job {id} is stored, but reading it back failed ({cause}): get it with \
+             GET /v1/jobs/{id} instead of submitting it again"
+        ),
+    )
 }
 
 /// Turns a create request into an engine submission, registering an inline workflow first.

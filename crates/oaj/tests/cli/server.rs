@@ -112,6 +112,21 @@ fn ok(sandbox: &Sandbox, server: &Server, args: &[&str]) -> String {
     stdout(&output)
 }
 
+/// Submits `workflow` with input `{"name": NAME}` and the `extra` flags through the server, and
+/// returns the job record that `--json` prints.
+fn submit_json(
+    sandbox: &Sandbox,
+    server: &Server,
+    workflow: &str,
+    name: &str,
+    extra: &[&str],
+) -> Value {
+    let input = json!({ "name": name }).to_string();
+    let mut args = vec!["submit", workflow, "--input", &input, "--json"];
+    args.extend_from_slice(extra);
+    parse(&ok(sandbox, server, &args))
+}
+
 fn parse(text: &str) -> Value {
     serde_json::from_str(text).expect("stdout is JSON")
 }
@@ -122,19 +137,7 @@ fn submit_wait_completes_job() {
     let server = Server::start(&sandbox);
     let workflow = sandbox.write("greet.json", ECHO_WORKFLOW);
 
-    let submitted = ok(
-        &sandbox,
-        &server,
-        &[
-            "submit",
-            &workflow,
-            "--input",
-            r#"{"name": "ada"}"#,
-            "--wait",
-            "--json",
-        ],
-    );
-    let job = parse(&submitted);
+    let job = submit_json(&sandbox, &server, &workflow, "ada", &["--wait"]);
     assert_eq!(job["state"], "completed");
     assert_eq!(job["result"]["hello"]["name"], "ada");
     let id = job["id"].as_str().expect("job id");
@@ -178,33 +181,10 @@ fn retention_deletes_ended_jobs() {
     let server = Server::start_with(&sandbox, &["--retention-days", "0.0000232"]);
     let workflow = sandbox.write("greet.json", ECHO_WORKFLOW);
 
-    let ended = parse(&ok(
-        &sandbox,
-        &server,
-        &[
-            "submit",
-            &workflow,
-            "--input",
-            r#"{"name": "ada"}"#,
-            "--wait",
-            "--json",
-        ],
-    ));
+    let ended = submit_json(&sandbox, &server, &workflow, "ada", &["--wait"]);
     assert_eq!(ended["state"], "completed", "{ended}");
     let ended_id = ended["id"].as_str().expect("job id").to_owned();
-    let delayed = parse(&ok(
-        &sandbox,
-        &server,
-        &[
-            "submit",
-            &workflow,
-            "--input",
-            r#"{"name": "bo"}"#,
-            "--delay",
-            "3600",
-            "--json",
-        ],
-    ));
+    let delayed = submit_json(&sandbox, &server, &workflow, "bo", &["--delay", "3600"]);
     let delayed_id = delayed["id"].as_str().expect("job id").to_owned();
 
     crate::wait_for("the ended job to be deleted", || {
