@@ -181,3 +181,31 @@ impl From<QueryRejection> for ApiError {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use oaj_store::StoreError;
+
+    use super::ApiError;
+
+    #[test]
+    fn store_errors_map_to_status() {
+        let cases = [
+            (
+                StoreError::Unavailable("refused".into()),
+                503,
+                "store_unavailable",
+            ),
+            (StoreError::Busy("locked".into()), 503, "store_busy"),
+            (StoreError::TextInvalid("NUL".into()), 400, "text_invalid"),
+            (StoreError::Database("broken".into()), 500, "internal"),
+        ];
+        for (error, status, code) in cases {
+            let api = ApiError::from(error);
+
+            assert_eq!(api.status, StatusCode::from_u16(status).unwrap(), "{code}");
+            assert_eq!(api.code, code);
+        }
+    }
+}
