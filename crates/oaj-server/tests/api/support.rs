@@ -210,10 +210,16 @@ pub fn postgres_url() -> Option<String> {
     match std::env::var(VAR) {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
-            panic!("{VAR} is not set, but CI=true requires the PostgreSQL tests to run")
+            panic!(
+                "{VAR} is not set, but CI=true requires the PostgreSQL tests to run: start a \
+                 server with scripts/pg-test-cluster.sh start and export its URL"
+            )
         }
         _ => {
-            eprintln!("*** SKIPPED: a PostgreSQL API test, because {VAR} is not set. ***");
+            eprintln!(
+                "*** SKIPPED: a PostgreSQL API test, because {VAR} is not set. Start a server \
+                 with scripts/pg-test-cluster.sh start and export its URL. ***"
+            );
             None
         }
     }

@@ -72,6 +72,8 @@ fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
         }
         cause = next.source();
     }
+    // The client has no public accessor for its error kind, so the two kinds without an I/O cause
+    // are told by their text, as tokio-postgres 0.7 prints them.
     error.is_closed()
         || matches!(
             error.to_string().as_str(),

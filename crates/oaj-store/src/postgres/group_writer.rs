@@ -420,8 +420,8 @@ async fn call_run(
 
 /// Runs consecutive job finishes together (see `finish_batch.rs`) in one savepoint and returns
 /// their outcomes, with the stage of the transaction after them. When the batch fails, it is
-/// rolled back and each call runs alone, so that every call gets the outcome it would get in a
-/// group without batches: a database error or a panic then stays with the call that caused it.
+/// rolled back and each call runs alone. So every call gets the outcome it would get in a group
+/// without batches, and a database error or a panic stays with the call that caused it.
 async fn finishes_run(
     shared: &WriterShared,
     tx: &mut PgTx<'_>,
