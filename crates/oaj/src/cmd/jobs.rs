@@ -12,6 +12,7 @@ use super::client::ServerArgs;
 use super::common::DbArgs;
 use super::exit;
 use super::job_source::{DecisionRequest, JobDetail, JobSource};
+use super::terminal::printable;
 
 /// Arguments of `oaj jobs`.
 #[derive(Debug, Args)]
@@ -249,7 +250,7 @@ fn print_detail(detail: &JobDetail, json: bool) -> anyhow::Result<()> {
     println!("state     {}", job.state);
     println!("priority  {}", job.priority);
     if let Some(error) = &job.error {
-        println!("error     {error}");
+        println!("error     {}", printable(error));
     }
     if job.prompt_tokens + job.completion_tokens > 0 {
         println!(
@@ -263,7 +264,7 @@ fn print_detail(detail: &JobDetail, json: bool) -> anyhow::Result<()> {
         let error = step
             .error
             .as_deref()
-            .map_or(String::new(), |error| format!("  {error}"));
+            .map_or(String::new(), |error| format!("  {}", printable(error)));
         println!(
             "  {}{item:<6} {:<10} attempts {}{error}",
             step.step_id, step.state, step.attempts

@@ -10,6 +10,7 @@ mod progress;
 mod run;
 mod serve;
 mod submit;
+mod terminal;
 mod validate;
 mod worker;
 

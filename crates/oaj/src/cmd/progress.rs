@@ -6,6 +6,8 @@ use std::io::Write;
 
 use oaj_store::Event;
 
+use super::terminal::printable;
+
 /// Progress of one step, gathered from events.
 #[derive(Debug, Default, Clone)]
 struct StepProgress {
@@ -47,7 +49,7 @@ impl Progress {
         self.apply(event);
         if !self.terminal {
             if let Some(line) = plain_line(event) {
-                eprintln!("{line}");
+                eprintln!("{}", printable(&line));
             }
         }
     }

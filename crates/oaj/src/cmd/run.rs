@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, DbArgs, WorkerArgs};
 use super::exit;
 use super::progress::Progress;
+use super::terminal::printable;
 
 /// Arguments of `oaj run`.
 #[derive(Debug, Args)]
@@ -102,7 +103,10 @@ async fn submit(
     let (workflow, _) = match engine.workflow_register(text).await {
         Ok(registered) => registered,
         Err(SubmitError::WorkflowInvalid(report)) => {
-            eprintln!("error: invalid workflow\n{report}");
+            eprintln!(
+                "error: invalid workflow\n{}",
+                printable(&report.to_string())
+            );
             return Ok(Err(ExitCode::from(exit::INVALID)));
         }
         Err(SubmitError::Store(StoreError::WorkflowExistsWithDifferentDocument {
@@ -249,11 +253,8 @@ pub(crate) fn report(job: Job, json: bool) -> anyhow::Result<ExitCode> {
             exit::COMPLETED
         }
         JobState::Failed => {
-            eprintln!(
-                "job {} failed: {}",
-                job.id,
-                job.error.as_deref().unwrap_or("no reason recorded")
-            );
+            let error = job.error.as_deref().unwrap_or("no reason recorded");
+            eprintln!("job {} failed: {}", job.id, printable(error));
             exit::FAILED
         }
         JobState::Cancelled => {

@@ -17,6 +17,7 @@ use super::client::{ApiClient, ApiFailure, EventReader, ServerArgs};
 use super::common::{self, DbArgs, WorkerArgs};
 use super::exit;
 use super::run::report;
+use super::terminal::printable;
 
 /// Largest `--delay`: ten years, as the API allows.
 const DELAY_SECONDS_MAX: f64 = 315_360_000.0;
@@ -204,11 +205,14 @@ fn worker_config() -> oaj_engine::EngineConfig {
 fn submit_failed(error: SubmitError) -> anyhow::Result<ExitCode> {
     match error {
         SubmitError::WorkflowInvalid(report) => {
-            eprintln!("error: invalid workflow\n{report}");
+            eprintln!(
+                "error: invalid workflow\n{}",
+                printable(&report.to_string())
+            );
             Ok(ExitCode::from(exit::INVALID))
         }
         SubmitError::InputInvalid(report) => {
-            eprintln!("error: invalid input\n{report}");
+            eprintln!("error: invalid input\n{}", printable(&report.to_string()));
             Ok(ExitCode::from(exit::INVALID))
         }
         SubmitError::Store(StoreError::WorkflowExistsWithDifferentDocument { id, version }) => {
@@ -267,7 +271,7 @@ async fn remote(
             Some(failure) if is_invalid(failure) => {
                 eprintln!("error: {failure}");
                 for problem in problems(failure) {
-                    eprintln!("  {problem}");
+                    eprintln!("  {}", printable(&problem));
                 }
                 Ok(ExitCode::from(exit::INVALID))
             }

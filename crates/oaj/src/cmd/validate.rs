@@ -10,6 +10,8 @@ use oaj_core::{input_check, workflow_parse_validate, Problem, ProblemCode, Repor
 use serde::Serialize;
 use serde_json::Value;
 
+use super::terminal::printable;
+
 /// Arguments of `oaj validate`.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -148,13 +150,14 @@ fn report_print(report: &FileReport) {
             plural(warning_count, "warning")
         ));
     }
-    println!("{summary}");
+    println!("{}", printable(&summary));
 
     for problem in &report.problems {
-        println!("  {problem}{}", step_suffix(problem));
+        let line = format!("{problem}{}", step_suffix(problem));
+        println!("  {}", printable(&line));
     }
     for problem in report.input_problems.iter().flatten() {
-        println!("  input {problem}");
+        println!("  input {}", printable(&problem.to_string()));
     }
 }
 

@@ -74,6 +74,28 @@ fn nul_in_stderr_replaced_on_both_stores() {
     }
 }
 
+/// Regression: an agent's error went to the terminal raw, escape sequences included.
+#[test]
+fn agent_error_printed_escaped() {
+    let sandbox = Sandbox::new();
+    let workflow = sandbox.write(
+        "workflow.json",
+        &shell_workflow(&[(
+            "a",
+            "printf 'red\\033[31m\\rgone\\n' >&2; exit 3",
+            json!({}),
+        )]),
+    );
+
+    let output = sandbox.oaj(&["run", &workflow]);
+
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains(r"red\u{1b}[31m\rgone"), "{text}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert!(!text.contains('\r'), "{text:?}");
+}
+
 #[test]
 fn invalid_workflow_exits_three_and_stores_nothing() {
     let sandbox = Sandbox::new();

@@ -165,3 +165,20 @@ fn oversized_file_is_invalid() {
         stdout(&output)
     );
 }
+
+/// Regression: an id with a NUL and an escape sequence went to the terminal raw, so a document
+/// could recolor or rewrite the terminal it was checked on.
+#[test]
+fn control_characters_printed_escaped() {
+    let document = r#"{"id": "a\u0000b\u001b[31m\u202e", "steps": [
+        {"id": "s", "component": "echo", "inputs": {"t": "hi"}}
+    ]}"#;
+    let file = document_file(document);
+    let output = oaj(&["validate", file.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(text.contains(r"a\0b\u{1b}[31m\u{202e}"), "{text}");
+    assert!(!text.contains('\0'), "{text:?}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert!(!text.contains('\u{202e}'), "{text:?}");
+}

@@ -1,0 +1,56 @@
+//! Text from workflow files, agents and the store, made safe to print on a terminal.
+
+use std::borrow::Cow;
+
+/// Returns `text` with each control character (other than line feed and tab) and each
+/// bidirectional override written as its Rust escape, such as `\u{1b}` or `\0`.
+///
+/// Workflow documents, agent errors and stored fields can hold any character. Printed raw, an
+/// escape sequence could recolor or rewrite the terminal, a carriage return could hide the text
+/// before it, and a bidirectional override could show words in another order than stored.
+pub(crate) fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    let bidi_control = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    (c.is_control() && c != '\n' && c != '\t') || bidi_control
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn plain_text_is_borrowed() {
+        let text = "step fetch failed:\n\texit status 1 (é, ✓)";
+        assert!(matches!(printable(text), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(printable(text), text);
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let cases = [
+            ("a\0b", "a\\0b"),
+            ("\u{1b}[31mred", "\\u{1b}[31mred"),
+            ("done\rnot done", "done\\rnot done"),
+            ("x\u{7f}", "x\\u{7f}"),
+            ("abc\u{202E}fed", "abc\\u{202e}fed"),
+            ("\u{2066}iso\u{2069}", "\\u{2066}iso\\u{2069}"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(printable(text), expected, "text {text:?}");
+        }
+    }
+}
