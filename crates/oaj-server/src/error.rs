@@ -118,6 +118,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Busy(_) => (S::SERVICE_UNAVAILABLE, "store_busy"),
             StoreError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            StoreError::Full(_) => (S::SERVICE_UNAVAILABLE, "store_full"),
             StoreError::TextInvalid(_) => (S::BAD_REQUEST, "text_invalid"),
             _ => return ApiError::internal(&error),
         };
@@ -198,6 +199,7 @@ mod tests {
                 "store_unavailable",
             ),
             (StoreError::Busy("locked".into()), 503, "store_busy"),
+            (StoreError::Full("disk full".into()), 503, "store_full"),
             (StoreError::TextInvalid("NUL".into()), 400, "text_invalid"),
             (StoreError::Database("broken".into()), 500, "internal"),
         ];

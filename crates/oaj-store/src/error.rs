@@ -136,6 +136,10 @@ pub enum StoreError {
     /// shutdown). The same call may succeed once the server is back.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database's disk is full. The failed call changed nothing, what was stored before
+    /// stays, and the same call may succeed once space is freed.
+    #[error("the store's disk is full ({0}): free space on it, then retry")]
+    Full(String),
     /// A text value cannot be stored: PostgreSQL rejects the NUL character (`\u0000`) in text.
     #[error("invalid text: {0}")]
     TextInvalid(String),

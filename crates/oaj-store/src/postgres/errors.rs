@@ -24,6 +24,8 @@ impl From<tokio_postgres::Error> for StoreError {
                 "a value contains the NUL character (\\u0000), which PostgreSQL cannot store in \
                  text: remove it ({message})"
             )),
+            // disk_full: the server could not extend a file or write its log.
+            "53100" => StoreError::Full(message),
             // admin_shutdown, crash_shutdown, cannot_connect_now, and the connection exceptions.
             "57P01" | "57P02" | "57P03" => StoreError::Unavailable(message),
             _ if code.starts_with("08") => StoreError::Unavailable(message),

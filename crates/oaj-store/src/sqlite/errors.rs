@@ -13,6 +13,7 @@ impl From<rusqlite::Error> for StoreError {
             Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
                 StoreError::Corrupt(error.to_string())
             }
+            Some(ErrorCode::DiskFull) => StoreError::Full(error.to_string()),
             _ => StoreError::Database(error.to_string()),
         }
     }

@@ -493,6 +493,7 @@ fn copy_error(error: &StoreError) -> StoreError {
     match error {
         StoreError::Busy(message) => StoreError::Busy(message.clone()),
         StoreError::Corrupt(message) => StoreError::Corrupt(message.clone()),
+        StoreError::Full(message) => StoreError::Full(message.clone()),
         other => StoreError::Database(format!("write transaction failed: {other}")),
     }
 }

@@ -127,6 +127,13 @@ impl Sandbox {
         Sandbox { dir, db }
     }
 
+    /// Creates a sandbox whose database is `db`, in a folder of the caller's, instead of a file
+    /// in the sandbox.
+    pub(crate) fn with_db(db: PathBuf) -> Sandbox {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Sandbox { dir, db }
+    }
+
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

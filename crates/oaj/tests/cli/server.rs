@@ -346,3 +346,109 @@ fn unreachable_server_names_url() {
     assert!(message.contains("oaj serve"), "{message}");
     assert!(!message.contains(TOKEN), "{message}");
 }
+
+/// A tmpfs of a fixed size mounted on a new temporary folder, and unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (such as "4m"), or returns `None` when not running as root, which
+    /// mounting needs.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let uid = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .expect("id runs");
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mount of a tmpfs failed as root: {status}"
+        );
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes zeros to `name` until the tmpfs has no space left.
+    fn fill(&self, name: &str) {
+        use std::io::Write;
+
+        let mut file = std::fs::File::create(self.path(name)).expect("filler file");
+        let chunk = vec![0u8; 16 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A full disk gets 503 `store_full` from the API, keeps every job stored before it, and the
+/// server takes jobs again once space is freed.
+#[test]
+fn full_disk_answers_store_full() {
+    let Some(tmpfs) = Tmpfs::mount("4m") else {
+        eprintln!(
+            "SKIPPED full_disk_answers_store_full: mounting a tmpfs needs root; CI runs as root"
+        );
+        return;
+    };
+    let sandbox = Sandbox::with_db(tmpfs.path("oaj.db"));
+    let server = Server::start(&sandbox);
+    let workflow = sandbox.write("greet.json", ECHO_WORKFLOW);
+    let big_input = json!({ "name": "x".repeat(200_000) }).to_string();
+    let big_input = format!("@{}", sandbox.write("big.json", &big_input));
+
+    let before = submit_json(&sandbox, &server, &workflow, "ada", &["--wait"]);
+    assert_eq!(before["state"], "completed", "{before}");
+    let before_id = before["id"].as_str().expect("job id");
+
+    tmpfs.fill("filler");
+    let submit_big = || {
+        client(
+            &sandbox,
+            &server.url,
+            TOKEN,
+            &["submit", &workflow, "--input", &big_input],
+        )
+    };
+    let rejected = (0..20)
+        .map(|_| submit_big())
+        .find(|output| output.status.code() != Some(0))
+        .expect("a submit fails once the disk is full");
+    let message = stderr(&rejected);
+    assert_eq!(rejected.status.code(), Some(1), "{message}");
+    assert!(message.contains("503 store_full"), "{message}");
+    assert!(message.contains("free space"), "{message}");
+
+    let before_shown = ok(&sandbox, &server, &["jobs", "show", before_id]);
+    assert!(before_shown.contains("completed"), "{before_shown}");
+
+    std::fs::remove_file(tmpfs.path("filler")).expect("filler is removable");
+    let after = submit_big();
+    assert_eq!(after.status.code(), Some(0), "{}", stderr(&after));
+    let after_id = stdout(&after).trim().to_owned();
+    crate::wait_for(
+        "the job submitted after the disk was freed to complete",
+        || {
+            let shown = ok(&sandbox, &server, &["jobs", "show", &after_id]);
+            shown.contains("completed").then_some(())
+        },
+    );
+    drop(server);
+}
