@@ -153,9 +153,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         Workload::Memory(args) => memory::run(args).await?,
     };
     if command.json {
-        println!("{}", report.to_json());
+        outln!("{}", report.to_json());
     } else {
-        print!("{}", report.to_table());
+        super::terminal::stdout_write(format_args!("{}", report.to_table()));
     }
     Ok(ExitCode::from(exit::COMPLETED))
 }

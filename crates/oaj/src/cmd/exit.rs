@@ -15,3 +15,6 @@ pub const FAILED: u8 = 4;
 pub const CANCELLED: u8 = 5;
 /// `oaj run`: the job was paused, or left queued for a worker.
 pub const NOT_FINISHED: u8 = 6;
+/// Any command: the reader closed stdout before the output was written, as `head` does. A process
+/// that SIGPIPE ends reports the same status (128 + 13).
+pub const STDOUT_CLOSED: u8 = 141;

@@ -153,9 +153,9 @@ pub async fn run(args: JobsCommand) -> anyhow::Result<ExitCode> {
         JobsAction::Delete { id } => {
             source.delete(&id).await?;
             if args.json {
-                println!("{}", json!({ "id": id, "deleted": true }));
+                outln!("{}", json!({ "id": id, "deleted": true }));
             } else {
-                println!("deleted job {id}");
+                outln!("deleted job {id}");
             }
         }
     }
@@ -164,7 +164,7 @@ pub async fn run(args: JobsCommand) -> anyhow::Result<ExitCode> {
 
 fn print_event(event: &Event, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(event)?);
+        outln!("{}", serde_json::to_string(event)?);
         return Ok(());
     }
     let data = if event.data.as_object().is_some_and(|map| map.is_empty()) {
@@ -177,9 +177,11 @@ fn print_event(event: &Event, json: bool) -> anyhow::Result<()> {
         .as_ref()
         .map_or(String::new(), |step| format!(" {step}"));
     let item = event.item.map_or(String::new(), |item| format!("[{item}]"));
-    println!(
+    outln!(
         "{:>6} {} {}{step}{item} {data}",
-        event.seq, event.at, event.kind
+        event.seq,
+        event.at,
+        event.kind
     );
     Ok(())
 }
@@ -187,14 +189,14 @@ fn print_event(event: &Event, json: bool) -> anyhow::Result<()> {
 async fn act(source: &JobSource, id: &str, action: JobAction, json: bool) -> anyhow::Result<()> {
     let job = source.action(id, action).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&job)?);
+        outln!("{}", serde_json::to_string_pretty(&job)?);
     } else if job.control.is_some() {
-        println!(
+        outln!(
             "job {id} is running: {:?} requested from its worker",
             action
         );
     } else {
-        println!("job {id} is now {}", job.state);
+        outln!("job {id} is now {}", job.state);
     }
     Ok(())
 }
@@ -217,12 +219,12 @@ async fn decide(
         })
         .await?;
     if json {
-        println!(
+        outln!(
             "{}",
             json!({ "job_id": job_id, "step_id": step_id, "approved": approved })
         );
     } else {
-        println!(
+        outln!(
             "job {job_id}: {}",
             if approved { "approved" } else { "rejected" }
         );
@@ -237,7 +239,7 @@ fn print_detail(detail: &JobDetail, json: bool) -> anyhow::Result<()> {
         attempts,
     } = detail;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({ "job": job, "steps": steps, "attempts": attempts })
@@ -245,45 +247,52 @@ fn print_detail(detail: &JobDetail, json: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("job       {}", job.id);
-    println!("workflow  {} {}", job.workflow_id, job.workflow_version);
-    println!("state     {}", job.state);
-    println!("priority  {}", job.priority);
+    outln!("job       {}", job.id);
+    outln!("workflow  {} {}", job.workflow_id, job.workflow_version);
+    outln!("state     {}", job.state);
+    outln!("priority  {}", job.priority);
     if let Some(error) = &job.error {
-        println!("error     {}", printable(error));
+        outln!("error     {}", printable(error));
     }
     if job.prompt_tokens + job.completion_tokens > 0 {
-        println!(
+        outln!(
             "tokens    {} prompt, {} completion",
-            job.prompt_tokens, job.completion_tokens
+            job.prompt_tokens,
+            job.completion_tokens
         );
     }
-    println!("steps:");
+    outln!("steps:");
     for step in steps {
         let item = step.item.map_or(String::new(), |item| format!("[{item}]"));
         let error = step
             .error
             .as_deref()
             .map_or(String::new(), |error| format!("  {}", printable(error)));
-        println!(
+        outln!(
             "  {}{item:<6} {:<10} attempts {}{error}",
-            step.step_id, step.state, step.attempts
+            step.step_id,
+            step.state,
+            step.attempts
         );
     }
-    println!("attempts: {}", attempts.len());
+    outln!("attempts: {}", attempts.len());
     Ok(())
 }
 
 fn print_jobs(jobs: &[Job], json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(jobs)?);
+        outln!("{}", serde_json::to_string_pretty(jobs)?);
         return Ok(());
     }
-    println!("{:<36}  {:<10}  {:<8}  workflow", "id", "state", "priority");
+    outln!("{:<36}  {:<10}  {:<8}  workflow", "id", "state", "priority");
     for job in jobs {
-        println!(
+        outln!(
             "{:<36}  {:<10}  {:<8}  {} {}",
-            job.id, job.state, job.priority, job.workflow_id, job.workflow_version
+            job.id,
+            job.state,
+            job.priority,
+            job.workflow_id,
+            job.workflow_version
         );
     }
     Ok(())

@@ -1,5 +1,13 @@
 //! Command-line arguments and the dispatch to each subcommand.
 
+/// Prints a line to stdout like `println!`, without its panic when stdout is closed or full
+/// (see `terminal::stdout_write`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cmd::terminal::stdout_write(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod bench;
 mod client;
 mod common;
@@ -25,7 +33,8 @@ use clap::{Parser, Subcommand};
     after_help = "Exit codes: 0 success; 1 oaj failed, or `validate` found an invalid document; \
                        2 usage error or unreadable file; `run` and `submit` also exit 3 for an invalid \
                        workflow or input, and `run` and `submit --wait` exit 4 when the job failed, 5 \
-                       when it was cancelled, 6 when it was paused or left for a worker."
+                       when it was cancelled, 6 when it was paused or left for a worker; 141 when the \
+                       reader closed stdout early."
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]

@@ -240,12 +240,12 @@ fn ask_interrupt() -> anyhow::Result<OnInterrupt> {
 /// Prints how `job` ended (its output when it completed) and returns the exit code for it.
 pub(crate) fn report(job: Job, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&job)?);
+        outln!("{}", serde_json::to_string_pretty(&job)?);
     }
     let code = match job.state {
         JobState::Completed => {
             if !json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&job.result.unwrap_or_default())?
                 );

@@ -367,9 +367,9 @@ async fn remote_wait(client: &ApiClient, job_id: &str) -> anyhow::Result<Job> {
 /// Prints a submitted job's id, or its record with `--json`.
 fn submitted(job: &Job, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(job)?);
+        outln!("{}", serde_json::to_string_pretty(job)?);
     } else {
-        println!("{}", job.id);
+        outln!("{}", job.id);
     }
     Ok(ExitCode::from(exit::COMPLETED))
 }

@@ -1,6 +1,23 @@
 //! Text from workflow files, agents and the store, made safe to print on a terminal.
 
 use std::borrow::Cow;
+use std::io::Write;
+
+/// Writes to stdout, for the `outln!` macro. Where `print!` panics on a failed write, this ends
+/// the process: quietly with status 141 when the reader closed stdout (`oaj jobs list | head`),
+/// as SIGPIPE ends other Unix tools, and with a message and status 1 on any other error.
+pub(crate) fn stdout_write(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let Err(error) = out.write_fmt(args).and_then(|()| out.flush()) else {
+        return;
+    };
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(i32::from(super::exit::STDOUT_CLOSED));
+    }
+    // A stderr that fails too leaves nothing to report the error on.
+    let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {error}");
+    std::process::exit(1);
+}
 
 /// Returns `text` with each control character (other than line feed and tab) and each
 /// bidirectional override written as its Rust escape, such as `\u{1b}` or `\0`.

@@ -52,7 +52,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
 
     if args.json {
         let output = serde_json::json!({ "files": reports });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&output).context("cannot encode the report")?
         );
@@ -150,14 +150,14 @@ fn report_print(report: &FileReport) {
             plural(warning_count, "warning")
         ));
     }
-    println!("{}", printable(&summary));
+    outln!("{}", printable(&summary));
 
     for problem in &report.problems {
         let line = format!("{problem}{}", step_suffix(problem));
-        println!("  {}", printable(&line));
+        outln!("  {}", printable(&line));
     }
     for problem in report.input_problems.iter().flatten() {
-        println!("  input {}", printable(&problem.to_string()));
+        outln!("  input {}", printable(&problem.to_string()));
     }
 }
 

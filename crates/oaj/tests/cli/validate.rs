@@ -182,3 +182,21 @@ fn control_characters_printed_escaped() {
     assert!(!text.contains('\u{1b}'), "{text:?}");
     assert!(!text.contains('\u{202e}'), "{text:?}");
 }
+
+/// Regression: with stdout closed, as when `head` stops reading, `oaj` panicked ("failed
+/// printing to stdout: Broken pipe") instead of ending quietly as other Unix tools do.
+#[test]
+fn closed_stdout_exits_quietly() {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_oaj"))
+        .args(["validate", "examples/release-notes.json"])
+        .current_dir(crate::REPOSITORY_ROOT)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("the oaj binary runs");
+    let message = crate::stderr(&output);
+    assert_eq!(output.status.code(), Some(141), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+}
