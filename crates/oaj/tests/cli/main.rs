@@ -63,7 +63,12 @@ pub(crate) fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T
 }
 
 /// Waits for `child` to exit and returns its output, killing it and panicking after [`WAIT_MAX`].
+///
+/// Its pipes are read while it runs: a child that filled a pipe (64 KiB on Linux) would otherwise
+/// wait for a reader until the deadline.
 pub(crate) fn finish(mut child: Child, what: &str) -> Output {
+    let stdout = child.stdout.take().map(pipe_read);
+    let stderr = child.stderr.take().map(pipe_read);
     let deadline = Instant::now() + WAIT_MAX;
     let status = loop {
         if let Some(status) = child.try_wait().expect("child status") {
@@ -77,18 +82,42 @@ pub(crate) fn finish(mut child: Child, what: &str) -> Output {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut output = Output {
-        status,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
+    let joined = |reader: Option<std::thread::JoinHandle<Vec<u8>>>| {
+        reader.map_or_else(Vec::new, |reader| reader.join().expect("pipe reader ends"))
     };
-    if let Some(mut pipe) = child.stdout.take() {
-        std::io::Read::read_to_end(&mut pipe, &mut output.stdout).expect("stdout is readable");
+    Output {
+        status,
+        stdout: joined(stdout),
+        stderr: joined(stderr),
     }
-    if let Some(mut pipe) = child.stderr.take() {
-        std::io::Read::read_to_end(&mut pipe, &mut output.stderr).expect("stderr is readable");
-    }
-    output
+}
+
+/// Reads a child's pipe to its end on a thread of its own.
+fn pipe_read(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        pipe.read_to_end(&mut bytes).expect("the pipe is readable");
+        bytes
+    })
+}
+
+/// Regression: a child that filled a pipe waited for a reader until
+/// [`finish`] timed out.
+#[test]
+fn finish_reads_large_output() {
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            "head -c 1000000 /dev/zero; head -c 300000 /dev/zero >&2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sh starts");
+    let output = finish(child, "sh printing 1.3 MB");
+    assert!(output.status.success());
+    assert_eq!(output.stdout.len(), 1_000_000);
+    assert_eq!(output.stderr.len(), 300_000);
 }
 
 /// Sends `signal` (such as "KILL" or "INT") to a process, or to a process group when `pid` is
