@@ -150,9 +150,7 @@ impl PostgresStore {
             message: error.to_string(),
         };
 
-        let (mut client, _notifications) = session_open(&config)
-            .await
-            .map_err(|e| open_error(e.into()))?;
+        let (mut client, _notifications) = session_open(&config).await.map_err(open_error)?;
         let names = names_read(&client, options.schema.as_deref(), &url_redacted)
             .await
             .map_err(|e| match e {
@@ -173,8 +171,10 @@ impl PostgresStore {
         let manager = Manager::from_config(config.clone(), NoTls, manager_config);
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
+            .create_timeout(Some(session::connect_timeout(&config)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
-            .expect("a pool without timeouts needs no runtime setting");
+            .expect("a pool with a runtime accepts timeouts");
         let names = Arc::new(names);
         let notify = Arc::new(Notify::new());
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);

@@ -96,3 +96,35 @@ fn refused_postgres_connection_gives_cause() {
     assert!(text.contains("database unavailable"), "{text}");
     assert!(text.contains("refused"), "{text}");
 }
+
+/// Regression: a server that accepted the connection and then sent nothing held `oaj` forever,
+/// even with `connect_timeout` in the URL, which bounds only the TCP connect.
+#[test]
+fn silent_postgres_server_times_out() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    let port = listener.local_addr().expect("bound address").port();
+    // Accepts every connection and keeps it open, sending nothing, until the test ends.
+    std::thread::spawn(move || {
+        let accepted: Vec<_> = listener.incoming().map_while(Result::ok).collect();
+        drop(accepted);
+    });
+    let url = format!("postgres://postgres@127.0.0.1:{port}/oaj?connect_timeout=1");
+
+    // `finish` kills the command after its deadline, so that the old hang fails the test.
+    let child = Command::new(env!("CARGO_BIN_EXE_oaj"))
+        .args(["jobs", "list", "--database", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the oaj binary runs");
+    let output = crate::finish(child, "oaj jobs list on a silent server");
+
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(
+        text.contains("no answer from the server within 1 s"),
+        "{text}"
+    );
+    assert!(text.contains("connect_timeout"), "{text}");
+}
