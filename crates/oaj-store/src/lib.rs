@@ -12,5 +12,5 @@ pub use store::Store;
 pub mod postgres;
 pub mod sqlite;
 
-pub use postgres::{PostgresOptions, PostgresStore};
+pub use postgres::{PostgresDurability, PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteDurability, SqliteOptions, SqliteStore};

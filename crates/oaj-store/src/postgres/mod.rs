@@ -101,6 +101,15 @@ pub(crate) struct Names {
     pub(crate) work_channel: String,
 }
 
+/// The durability settings of the PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresDurability {
+    /// `fsync`: `on` or `off`.
+    pub fsync: String,
+    /// `synchronous_commit`: `on`, `remote_apply`, `remote_write`, `local` or `off`.
+    pub synchronous_commit: String,
+}
+
 /// The [`Store`] kept in a PostgreSQL database.
 pub struct PostgresStore {
     pool: Pool,
@@ -220,6 +229,21 @@ impl PostgresStore {
     /// Returns the schema that contains this store's tables.
     pub fn schema(&self) -> &str {
         &self.names.schema
+    }
+
+    /// Reads `fsync` and `synchronous_commit` as the server reports them, so that a benchmark
+    /// states the durability it measured.
+    pub async fn durability(&self) -> Result<PostgresDurability, StoreError> {
+        let client = self.client().await?;
+        let fsync = client.query_one("SHOW fsync", &[]).await?.try_get(0)?;
+        let synchronous_commit = client
+            .query_one("SHOW synchronous_commit", &[])
+            .await?
+            .try_get(0)?;
+        Ok(PostgresDurability {
+            fsync,
+            synchronous_commit,
+        })
     }
 
     /// Reports whether this process leads maintenance on the schema, taking the lead when no

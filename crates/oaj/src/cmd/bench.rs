@@ -12,12 +12,21 @@ mod setup;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::common::WorkerArgs;
 use super::exit;
 use report::Report;
 use setup::BenchDb;
+
+/// Most jobs a bulk workload takes. The run keeps every job id in memory to check the jobs
+/// afterwards, about 60 bytes each.
+const JOBS_MAX: i64 = 50_000_000;
+
+/// Most jobs a workload that runs one job at a time takes.
+const JOBS_ONE_AT_A_TIME_MAX: i64 = 1_000_000;
 
 /// Arguments of `oaj bench`.
 #[derive(Debug, Args)]
@@ -53,7 +62,7 @@ pub enum Workload {
 #[derive(Debug, Args)]
 pub struct DrainArgs {
     /// Jobs to enqueue before the worker starts.
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=JOBS_MAX))]
     pub jobs: u32,
     /// Engines to run at once, each with its own store connections like a separate `oaj worker`
     /// process, but all in this process. More than 1 needs `--database`.
@@ -69,13 +78,13 @@ pub struct DrainArgs {
 #[derive(Debug, Args)]
 pub struct EnqueueArgs {
     /// Jobs to insert in batches.
-    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=JOBS_MAX))]
     pub jobs: u32,
     /// Jobs per `job_submit_many` call.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
     /// Jobs to insert one at a time, each in its own call; 0 skips that part.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=JOBS_ONE_AT_A_TIME_MAX))]
     pub single_jobs: u32,
     /// Callers that insert the single jobs at once, each waiting for its insert to commit before
     /// it sends the next, as concurrent API clients do.
@@ -89,7 +98,7 @@ pub struct EnqueueArgs {
 #[derive(Debug, Args)]
 pub struct LatencyArgs {
     /// Jobs to submit, each after the previous one has completed.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=JOBS_ONE_AT_A_TIME_MAX))]
     pub jobs: u32,
     /// Engines to run at once, each with its own store connections like a separate `oaj worker`
     /// process, but all in this process. More than 1 needs `--database`.
@@ -108,7 +117,7 @@ pub struct SequentialArgs {
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub steps: u32,
     /// Jobs to run, each after the previous one has completed.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=JOBS_ONE_AT_A_TIME_MAX))]
     pub jobs: u32,
     #[command(flatten)]
     pub db: BenchDb,
@@ -121,7 +130,7 @@ pub struct SequentialArgs {
 pub struct ScaleArgs {
     /// Jobs to store: 90% of the oldest 95% end completed, 7% failed and 3% cancelled, and the
     /// newest 5% stay queued.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=JOBS_MAX))]
     pub jobs: u32,
     /// Times each query is run; the report gives the median and the maximum.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
@@ -134,7 +143,7 @@ pub struct ScaleArgs {
 #[derive(Debug, Args)]
 pub struct MemoryArgs {
     /// Jobs to enqueue before the worker process starts.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=JOBS_MAX))]
     pub jobs: u32,
     #[command(flatten)]
     pub db: BenchDb,
@@ -143,19 +152,49 @@ pub struct MemoryArgs {
 }
 
 /// Runs the workload, prints its report, and fails when a job did not complete exactly once.
+///
+/// SIGINT or SIGTERM stops the run: the workload is dropped, which deletes a temporary database
+/// and kills the worker process of `memory`, and the exit status is the one a shell reports for
+/// that signal.
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
-    let report: Report = match command.workload {
-        Workload::Drain(args) => drain::run(args).await?,
-        Workload::Enqueue(args) => enqueue::run(args).await?,
-        Workload::Latency(args) => latency::run(args).await?,
-        Workload::Sequential(args) => sequential::run(args).await?,
-        Workload::Scale(args) => scale::run(args).await?,
-        Workload::Memory(args) => memory::run(args).await?,
+    let report = tokio::select! {
+        report = workload_run(command.workload) => report?,
+        status = interrupted() => {
+            let status = status.context("cannot listen for SIGINT and SIGTERM")?;
+            eprintln!(
+                "benchmark interrupted: a temporary database is deleted; one given by --db or \
+                 --database is kept"
+            );
+            return Ok(ExitCode::from(status));
+        }
     };
     if command.json {
         outln!("{}", report.to_json());
     } else {
-        super::terminal::stdout_write(format_args!("{}", report.to_table()));
+        let table = report.to_table();
+        super::terminal::stdout_write(format_args!("{}", super::terminal::printable(&table)));
     }
     Ok(ExitCode::from(exit::COMPLETED))
+}
+
+async fn workload_run(workload: Workload) -> anyhow::Result<Report> {
+    match workload {
+        Workload::Drain(args) => drain::run(args).await,
+        Workload::Enqueue(args) => enqueue::run(args).await,
+        Workload::Latency(args) => latency::run(args).await,
+        Workload::Sequential(args) => sequential::run(args).await,
+        Workload::Scale(args) => scale::run(args).await,
+        Workload::Memory(args) => memory::run(args).await,
+    }
+}
+
+/// Waits for SIGINT or SIGTERM and returns the exit status a shell reports for it (128 plus the
+/// signal's number).
+async fn interrupted() -> std::io::Result<u8> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(tokio::select! {
+        _ = interrupt.recv() => 130,
+        _ = terminate.recv() => 143,
+    })
 }

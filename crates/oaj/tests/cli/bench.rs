@@ -155,6 +155,8 @@ fn drain_on_postgres_with_workers() {
         "3",
     ]);
     assert_eq!(report["settings"]["workers"], 3);
+    assert_eq!(report["settings"]["fsync"], "on");
+    assert_eq!(report["settings"]["synchronous_commit"], "on");
     assert_eq!(report["results"]["jobs_completed"], 40);
     assert_eq!(report["results"]["jobs_checked_once"], 40);
 }
@@ -186,4 +188,49 @@ fn workers_without_postgres_rejected() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn folder_as_database_is_rejected() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let missing = format!("{}/", folder.path().join("new").display());
+    for path in [folder.path().to_str().unwrap(), missing.as_str()] {
+        let output = oaj(&["bench", "drain", "--jobs", "1", "--db", path]);
+        assert_eq!(output.status.code(), Some(1), "{path}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("names a folder"), "{path}: {stderr}");
+        assert!(stderr.contains("bench.db"), "{path}: {stderr}");
+    }
+    assert!(!folder.path().join("new").exists());
+}
+
+/// Regression: an interrupted run left its temporary database, up to gigabytes, in the
+/// temporary folder.
+#[test]
+fn interrupted_run_deletes_temporary_database() {
+    let temporary = tempfile::tempdir().expect("temporary folder");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_oaj"))
+        .args(["bench", "drain", "--jobs", "50000000"])
+        .env("TMPDIR", temporary.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the oaj binary runs");
+    let database = crate::wait_for("the benchmark database", || {
+        let folder = std::fs::read_dir(temporary.path()).ok()?.next()?.ok()?;
+        let database = folder.path().join("bench.db");
+        database.exists().then_some(database)
+    });
+
+    crate::signal(i64::from(child.id()), "TERM");
+    let output = crate::finish(child, "oaj bench drain after SIGTERM");
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("benchmark interrupted"), "{stderr}");
+    assert!(!database.exists(), "{} is left", database.display());
+    let left: Vec<_> = std::fs::read_dir(temporary.path())
+        .expect("the temporary folder is readable")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

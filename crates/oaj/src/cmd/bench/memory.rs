@@ -84,7 +84,9 @@ async fn worker_run(path: &Path, args: &MemoryArgs) -> anyhow::Result<u64> {
         .args(["--lease-seconds", &worker.lease_seconds.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // An interrupted benchmark drops this run, and the worker must not outlive it.
+        .kill_on_drop(true);
     for (agent, limit) in &worker.agent_limits {
         command.arg("--agent-limit").arg(format!("{agent}={limit}"));
     }

@@ -24,7 +24,8 @@ pub struct BenchDb {
     #[arg(long, value_name = "PATH", conflicts_with = "database")]
     pub db: Option<PathBuf>,
     /// PostgreSQL database to run on instead of SQLite. The run creates a new schema there,
-    /// named in the report, and keeps it afterwards.
+    /// named in the report, and keeps it afterwards. Unlike other commands, `oaj bench` does not
+    /// read OAJ_DATABASE_URL, so that it never writes to a database by accident.
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
 }
@@ -45,6 +46,7 @@ enum Backend {
         path: PathBuf,
     },
     Postgres {
+        store: Arc<PostgresStore>,
         url: String,
         schema: String,
     },
@@ -58,6 +60,13 @@ impl BenchDb {
             return postgres_open(url).await;
         }
         let (path, folder) = match &self.db {
+            Some(path) if path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') => {
+                bail!(
+                    "--db {} names a folder: pass the path of a new file, such as {}",
+                    path.display(),
+                    path.join("bench.db").display()
+                )
+            }
             Some(path) if path.exists() => bail!(
                 "database {} already exists: a benchmark needs a new file, so pass a path that \
                  does not exist",
@@ -91,9 +100,12 @@ async fn postgres_open(url: &str) -> anyhow::Result<BenchStore> {
         .as_nanos();
     let schema = format!("oaj_bench_{}_{nanos}", std::process::id());
     let store = postgres_connect(url, &schema).await?;
+    // Printed now, so that a run that is interrupted still names the schema it leaves behind.
+    eprintln!("benchmark schema: {schema} (kept after the run; drop it with DROP SCHEMA {schema} CASCADE)");
     Ok(BenchStore {
-        store,
+        store: store.clone(),
         backend: Backend::Postgres {
+            store,
             url: url.to_owned(),
             schema,
         },
@@ -101,7 +113,7 @@ async fn postgres_open(url: &str) -> anyhow::Result<BenchStore> {
     })
 }
 
-async fn postgres_connect(url: &str, schema: &str) -> anyhow::Result<Arc<dyn Store>> {
+async fn postgres_connect(url: &str, schema: &str) -> anyhow::Result<Arc<PostgresStore>> {
     let options = PostgresOptions {
         schema: Some(schema.to_owned()),
         ..PostgresOptions::default()
@@ -126,11 +138,15 @@ impl BenchStore {
                 report.setting("journal_mode", durability.journal_mode);
                 report.setting("synchronous", durability.synchronous);
             }
-            Backend::Postgres { schema, .. } => {
-                // TODO(bench): read fsync and synchronous_commit back from the server, as the
-                // SQLite run does. Until then the report does not prove the durability settings.
+            Backend::Postgres { store, schema, .. } => {
+                let durability = store
+                    .durability()
+                    .await
+                    .context("cannot read the durability settings")?;
                 report.setting("database", "postgresql");
                 report.setting("schema", schema.clone());
+                report.setting("fsync", durability.fsync);
+                report.setting("synchronous_commit", durability.synchronous_commit);
             }
         }
         let build = if cfg!(debug_assertions) {
@@ -173,14 +189,14 @@ impl BenchStore {
         if count <= 1 {
             return Ok(engines);
         }
-        let Backend::Postgres { url, schema } = &self.backend else {
+        let Backend::Postgres { url, schema, .. } = &self.backend else {
             bail!(
                 "--workers {count} needs --database URL, because a SQLite benchmark runs one \
                  worker: pass --database or --workers 1"
             );
         };
         for _ in 1..count {
-            let store = postgres_connect(url, schema).await?;
+            let store: Arc<dyn Store> = postgres_connect(url, schema).await?;
             engines.push(common::engine(store, config.clone()));
         }
         Ok(engines)
@@ -191,6 +207,13 @@ impl BenchStore {
 pub fn describe_worker(report: &mut Report, worker: &WorkerArgs) {
     report.setting("concurrency", worker.concurrency);
     report.setting("jobs_max", worker.jobs_max);
+    report.setting("lease_seconds", worker.lease_seconds);
+    if let Some(days) = worker.retention_days {
+        report.setting("retention_days", days);
+    }
+    for (agent, limit) in &worker.agent_limits {
+        report.setting(format!("agent_limit_{agent}"), *limit);
+    }
 }
 
 /// Registers a workflow of `steps` noop steps, each depending on the one before, and returns a
@@ -225,7 +248,9 @@ pub async fn jobs_enqueue(
     total: usize,
     batch: usize,
 ) -> anyhow::Result<Vec<String>> {
-    let mut ids = Vec::with_capacity(total);
+    // Not sized for `total` up front: a huge count would abort on the allocation before anything
+    // ran.
+    let mut ids = Vec::with_capacity(total.min(batch).min(1 << 20));
     while ids.len() < total {
         let count = batch.min(total - ids.len());
         ids.extend(
