@@ -10,7 +10,17 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Variables that name a database or a server. An empty one counts as unset, where clap would
+/// take the empty value: `--db` next to an empty `OAJ_DATABASE_URL` failed as a conflict.
+const LOCATION_VARIABLES: [&str; 3] = ["OAJ_DB", "OAJ_DATABASE_URL", "OAJ_SERVER"];
+
 fn main() -> ExitCode {
+    for name in LOCATION_VARIABLES {
+        if std::env::var_os(name).is_some_and(|value| value.is_empty()) {
+            // No other thread runs yet, so changing the environment here races nothing.
+            std::env::remove_var(name);
+        }
+    }
     let cli = cmd::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

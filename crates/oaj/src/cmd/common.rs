@@ -27,6 +27,7 @@ pub struct DbArgs {
         long,
         env = "OAJ_DATABASE_URL",
         value_name = "URL",
+        value_parser = clap::builder::NonEmptyStringValueParser::new(),
         conflicts_with = "db",
         global = true
     )]

@@ -128,3 +128,25 @@ fn silent_postgres_server_times_out() {
     );
     assert!(text.contains("connect_timeout"), "{text}");
 }
+
+/// Regression: an empty OAJ_DATABASE_URL counted as a URL, so `--db` next to it was rejected as
+/// a conflict. An empty `--database` failed to connect to "localhost:5432" instead of being a
+/// usage error.
+#[test]
+fn empty_database_url_is_unset() {
+    let sandbox = Sandbox::new();
+    let output = sandbox
+        .command(&["jobs", "list"])
+        .env("OAJ_DATABASE_URL", "")
+        .output()
+        .expect("the oaj binary runs");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+
+    let output = oaj(&["jobs", "list", "--database", ""]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--database"),
+        "{}",
+        stderr(&output)
+    );
+}

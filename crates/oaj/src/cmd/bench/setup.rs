@@ -26,7 +26,7 @@ pub struct BenchDb {
     /// PostgreSQL database to run on instead of SQLite. The run creates a new schema there,
     /// named in the report, and keeps it afterwards. Unlike other commands, `oaj bench` does not
     /// read OAJ_DATABASE_URL, so that it never writes to a database by accident.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub database: Option<String>,
 }
 
