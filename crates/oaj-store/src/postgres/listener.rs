@@ -4,6 +4,7 @@
 //! Polling is the fallback: while the connection is down the listener wakes the workers and reads
 //! new events on every tick, and it reconnects with a growing delay.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ pub(crate) struct Feeds {
     pub(crate) names: Arc<Names>,
     pub(crate) notify: Arc<Notify>,
     pub(crate) events: broadcast::Sender<Event>,
+    /// Set when the store is dropped. The listener may be running on another thread at that
+    /// moment and see its connections close as the runtime shuts down, which is no failure.
+    pub(crate) closed: Arc<AtomicBool>,
 }
 
 struct Listener {
@@ -104,6 +108,7 @@ impl Listener {
             };
             match notification {
                 Some(Some(notification)) => self.on_notification(&notification).await,
+                Some(None) if self.is_closed() => return,
                 Some(None) => {
                     tracing::warn!("postgres listener connection closed; polling until it is back");
                     self.session = None;
@@ -137,6 +142,11 @@ impl Listener {
         }
     }
 
+    /// Reports whether the store was dropped, so that failures from here on are its shutdown.
+    fn is_closed(&self) -> bool {
+        self.feeds.closed.load(Ordering::Acquire)
+    }
+
     fn wake_workers(&self) {
         self.feeds.notify.notify_waiters();
         self.feeds.notify.notify_one();
@@ -155,7 +165,9 @@ impl Listener {
             return;
         }
         if let Err(error) = self.events_read().await {
-            tracing::warn!(error = %error, "cannot read new events to publish; retrying at the next tick");
+            if !self.is_closed() {
+                tracing::warn!(error = %error, "cannot read new events to publish; retrying at the next tick");
+            }
         }
     }
 

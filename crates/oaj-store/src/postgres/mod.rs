@@ -33,6 +33,7 @@ mod workflows;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -125,6 +126,8 @@ pub struct PostgresStore {
     events: broadcast::Sender<Event>,
     leader: Leader,
     listener: JoinHandle<()>,
+    /// Tells the listener that the store is gone (see [`Feeds::closed`]).
+    closed: Arc<AtomicBool>,
 }
 
 impl PostgresStore {
@@ -187,11 +190,13 @@ impl PostgresStore {
         let names = Arc::new(names);
         let notify = Arc::new(Notify::new());
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let closed = Arc::new(AtomicBool::new(false));
         let feeds = Feeds {
             pool: pool.clone(),
             names: Arc::clone(&names),
             notify: Arc::clone(&notify),
             events: events.clone(),
+            closed: Arc::clone(&closed),
         };
         let listener = listener_start(config.clone(), feeds)
             .await
@@ -218,6 +223,7 @@ impl PostgresStore {
             events,
             leader: Leader::new(config),
             listener,
+            closed,
         })
     }
 
@@ -267,6 +273,7 @@ impl PostgresStore {
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
         self.listener.abort();
         self.pool.close();
     }
