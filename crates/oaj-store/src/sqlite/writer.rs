@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use oaj_core::JobState;
 use rusqlite::{params, Connection};
@@ -220,6 +221,7 @@ impl Drop for Writer {
 
 fn run(conn: Connection, mut receiver: mpsc::Receiver<Box<dyn Request>>, wake: Wake) {
     let mut guarded_left = 0;
+    let mut errors = ErrorLog::default();
     while let Some(first) = receiver.blocking_recv() {
         let mut group = Vec::with_capacity(BATCH_MAX);
         group.push(first);
@@ -230,7 +232,7 @@ fn run(conn: Connection, mut receiver: mpsc::Receiver<Box<dyn Request>>, wake: W
             }
         }
         if guarded_left == 0 {
-            match run_group(&conn, group, &wake, Guard::None) {
+            match run_group(&conn, group, &wake, Guard::None, &mut errors) {
                 None => continue,
                 Some(again) => {
                     group = again;
@@ -239,7 +241,7 @@ fn run(conn: Connection, mut receiver: mpsc::Receiver<Box<dyn Request>>, wake: W
             }
         }
         guarded_left -= 1;
-        let again = run_group(&conn, group, &wake, Guard::Savepoint);
+        let again = run_group(&conn, group, &wake, Guard::Savepoint, &mut errors);
         assert!(again.is_none(), "a guarded group never asks to run again");
     }
 }
@@ -278,10 +280,11 @@ fn run_group(
     mut group: Vec<Box<dyn Request>>,
     wake: &Wake,
     guard: Guard,
+    errors: &mut ErrorLog,
 ) -> Option<Vec<Box<dyn Request>>> {
     if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
         let error = StoreError::from(error);
-        tracing::error!(error = %error, "cannot begin a write transaction");
+        errors.report("cannot begin a write transaction", &error);
         for request in group {
             request.reply(Err(&error));
         }
@@ -333,12 +336,15 @@ fn run_group(
     }
     let commit = match broken {
         Some(error) => {
-            tracing::error!(error = %error, "write transaction broke; rolling the whole group back");
+            errors.report(
+                "write transaction broke; rolling the whole group back",
+                &error,
+            );
             // SQLite may have rolled the transaction back already, making this ROLLBACK fail too.
             let _ = conn.execute_batch("ROLLBACK");
             Err(error)
         }
-        None => commit(conn),
+        None => commit(conn, errors),
     };
     reply_all(group, &ran, commit.as_ref().map(|_| ()));
     if commit.is_ok() {
@@ -348,16 +354,47 @@ fn run_group(
 }
 
 /// Commits the open transaction.
-fn commit(conn: &Connection) -> Result<(), StoreError> {
+fn commit(conn: &Connection, errors: &mut ErrorLog) -> Result<(), StoreError> {
     let Err(error) = conn.execute_batch("COMMIT") else {
         return Ok(());
     };
     let error = StoreError::from(error);
-    tracing::error!(error = %error, "cannot commit a write transaction");
+    errors.report("cannot commit a write transaction", &error);
     // A failed COMMIT can leave the transaction open; end it so that the next one can begin.
     // Its own error adds nothing to the one already reported.
     let _ = conn.execute_batch("ROLLBACK");
     Err(error)
+}
+
+/// Shortest time between two logged failures of the writer.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The writer's failure log. A lasting failure, such as a full disk, fails every group, and the
+/// writer runs hundreds of groups a second, so it logs one line a second at most. Each line counts
+/// the failures left out since the line before.
+#[derive(Debug, Default)]
+struct ErrorLog {
+    logged_at: Option<Instant>,
+    skipped: u64,
+}
+
+impl ErrorLog {
+    /// Logs `failure` with `error`, unless a failure was logged less than
+    /// [`ERROR_LOG_INTERVAL`] ago. Returns whether it logged.
+    fn report(&mut self, failure: &str, error: &StoreError) -> bool {
+        let now = Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < ERROR_LOG_INTERVAL)
+        {
+            self.skipped += 1;
+            return false;
+        }
+        tracing::error!(error = %error, failures_not_logged = self.skipped, "{failure}");
+        self.logged_at = Some(now);
+        self.skipped = 0;
+        true
+    }
 }
 
 /// Replies to each request of a group with the outcome of its transaction. A request that
@@ -556,6 +593,21 @@ mod tests {
         };
         let writer = Writer::start(conn, publish).expect("start the writer");
         (Arc::new(writer), folder, path)
+    }
+
+    #[test]
+    fn error_log_skips_repeats_within_interval() {
+        let mut errors = ErrorLog::default();
+        let error = StoreError::Full("database or disk is full".into());
+
+        assert!(errors.report("cannot commit a write transaction", &error));
+        assert!(!errors.report("cannot commit a write transaction", &error));
+        assert!(!errors.report("cannot commit a write transaction", &error));
+        assert_eq!(errors.skipped, 2);
+
+        errors.logged_at = Some(Instant::now() - ERROR_LOG_INTERVAL);
+        assert!(errors.report("cannot commit a write transaction", &error));
+        assert_eq!(errors.skipped, 0);
     }
 
     #[test]
