@@ -157,6 +157,10 @@ pub struct MemoryArgs {
 /// and kills the worker process of `memory`, and the exit status is the one a shell reports for
 /// that signal.
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    if let Some(problem) = command.workload.flags_problem() {
+        eprintln!("error: {problem}");
+        return Ok(ExitCode::from(exit::USAGE));
+    }
     let report = tokio::select! {
         report = workload_run(command.workload) => report?,
         status = interrupted() => {
@@ -175,6 +179,26 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         super::terminal::stdout_write(format_args!("{}", super::terminal::printable(&table)));
     }
     Ok(ExitCode::from(exit::COMPLETED))
+}
+
+impl Workload {
+    /// Returns what is wrong with a combination of flags that clap cannot check alone.
+    fn flags_problem(&self) -> Option<&'static str> {
+        let (workers, db) =
+            match self {
+                Workload::Drain(args) => (args.workers, &args.db),
+                Workload::Latency(args) => (args.workers, &args.db),
+                Workload::Memory(args) if args.db.database.is_some() => return Some(
+                    "`oaj bench memory` measures an `oaj worker` process on a SQLite file: drop \
+                     --database",
+                ),
+                _ => return None,
+            };
+        (workers > 1 && db.database.is_none()).then_some(
+            "--workers above 1 needs --database URL, because a SQLite benchmark runs one worker: \
+             pass --database or --workers 1",
+        )
+    }
 }
 
 async fn workload_run(workload: Workload) -> anyhow::Result<Report> {

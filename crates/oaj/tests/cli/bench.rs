@@ -117,7 +117,7 @@ fn memory_without_sqlite_rejected() {
         "--database",
         "postgresql://127.0.0.1:1/none",
     ]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("drop --database"), "{stderr}");
 }
@@ -182,7 +182,7 @@ fn latency_on_postgres_with_workers() {
 #[test]
 fn workers_without_postgres_rejected() {
     let output = oaj(&["bench", "drain", "--jobs", "1", "--workers", "2"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("needs --database"),
         "{}",

@@ -32,12 +32,6 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(2);
 /// process, and reports the child's peak resident memory. Then checks that every job completed
 /// with exactly one attempt.
 pub async fn run(args: MemoryArgs) -> anyhow::Result<Report> {
-    if args.db.database.is_some() {
-        bail!(
-            "`oaj bench memory` measures an `oaj worker` process on a SQLite file: drop \
-             --database"
-        );
-    }
     let bench = args.db.open().await?;
     let path = bench
         .sqlite_path()
