@@ -3,11 +3,13 @@
 //! transaction has locked, so it does not wait for a worker writing to the job it would move.
 //! Settling the dependents of a job that ends here still waits for their row locks.
 
+use std::collections::BTreeSet;
+
 use oaj_core::{JobState, Transition};
 use serde_json::json;
 
 use super::job_moves::{job_end, job_head, job_move, JobMove};
-use super::job_reads::DELETE_JOBS_ROWS;
+use super::job_reads::{DELETE_BATCHES_IF_EMPTY, DELETE_JOBS_ROWS};
 use super::rows::item_from_column;
 use super::tx::PgTx;
 use super::worker_writes::step_event;
@@ -30,7 +32,7 @@ const SELECT_DUE: &str = "SELECT id FROM jobs WHERE state = 'pending' AND run_at
     FOR NO KEY UPDATE SKIP LOCKED";
 const DELETE_EXPIRED: &str = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs
     WHERE state IN ('completed', 'failed', 'cancelled') AND finished_at < $1
-    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, state";
+    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, state, batch_id";
 
 /// Rescues up to `batch_size` running jobs whose lease expired.
 pub(crate) async fn rescue(
@@ -145,8 +147,12 @@ pub(crate) async fn retain(
     let batch_size = i64::from(params.batch_size);
     let rows = tx.query(DELETE_EXPIRED, &[&cutoff, &batch_size]).await?;
     let mut ids = Vec::with_capacity(rows.len());
+    let mut batch_ids = BTreeSet::new();
     for row in &rows {
         ids.push(row.try_get::<_, String>(0)?);
+        if let Some(batch_id) = row.try_get::<_, Option<String>>(2)? {
+            batch_ids.insert(batch_id);
+        }
         let state: String = row.try_get(1)?;
         let state = state
             .parse::<JobState>()
@@ -155,6 +161,10 @@ pub(crate) async fn retain(
     }
     if !ids.is_empty() {
         tx.execute(DELETE_JOBS_ROWS, &[&ids]).await?;
+    }
+    if !batch_ids.is_empty() {
+        let batch_ids: Vec<String> = batch_ids.into_iter().collect();
+        tx.execute(DELETE_BATCHES_IF_EMPTY, &[&batch_ids]).await?;
     }
     report.deleted += rows.len() as u64;
     Ok(())

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection};
 use super::job_moves::job_head;
 use super::rows::{
     attempt_columns, attempt_from_row, job_columns, job_from_row, query_all, query_first,
-    step_run_columns, step_run_from_row,
+    query_value, step_run_columns, step_run_from_row,
 };
 use super::writer::WriteTx;
 use crate::error::StoreError;
@@ -28,7 +28,11 @@ const SELECT_ATTEMPTS: &str = concat!(
     attempt_columns!(),
     " FROM attempts WHERE job_id = ?1 ORDER BY id"
 );
-const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = ?1";
+const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = ?1 RETURNING batch_id";
+// A batch exists through its jobs, and its row only anchors their `batch_id`, so the row goes
+// with the batch's last job.
+const DELETE_BATCH_IF_EMPTY: &str = "DELETE FROM batches WHERE id = ?1
+    AND NOT EXISTS (SELECT 1 FROM jobs WHERE batch_id = ?1)";
 // Events have no foreign key to their job (migration 0006), so they are deleted with it here.
 pub(crate) const DELETE_JOB_EVENTS: &str = "DELETE FROM events WHERE job_id = ?1";
 
@@ -89,10 +93,23 @@ pub(crate) fn job_delete(tx: &mut WriteTx<'_>, id: &str) -> Result<(), StoreErro
                 .to_owned(),
         });
     }
-    tx.conn.prepare_cached(DELETE_JOB)?.execute(params![id])?;
+    let batch_id = query_value::<Option<String>>(tx.conn, DELETE_JOB, [id])?.flatten();
     tx.conn
         .prepare_cached(DELETE_JOB_EVENTS)?
         .execute(params![id])?;
+    batches_delete_empty(tx, batch_id.as_slice())?;
     tx.count_add(head.state, -1);
+    Ok(())
+}
+
+/// Deletes the rows of the batches in `batch_ids` that no longer have a job.
+pub(crate) fn batches_delete_empty(
+    tx: &mut WriteTx<'_>,
+    batch_ids: &[String],
+) -> Result<(), StoreError> {
+    let mut delete = tx.conn.prepare_cached(DELETE_BATCH_IF_EMPTY)?;
+    for batch_id in batch_ids {
+        delete.execute([batch_id])?;
+    }
     Ok(())
 }

@@ -1,12 +1,14 @@
 //! Maintenance passes: rescue of expired leases, promotion of pending jobs whose time came, and
 //! retention. Each pass touches at most `batch_size` jobs, so that it keeps the writer briefly.
 
+use std::collections::BTreeSet;
+
 use oaj_core::{JobState, Transition};
 use rusqlite::params;
 use serde_json::json;
 
 use super::job_moves::{job_end, job_head, job_move, JobMove};
-use super::job_reads::DELETE_JOB_EVENTS;
+use super::job_reads::{batches_delete_empty, DELETE_JOB_EVENTS};
 use super::rows::{query_all, query_value};
 use super::worker_writes::step_event;
 use super::writer::WriteTx;
@@ -27,7 +29,7 @@ const SELECT_DUE: &str = "SELECT id FROM jobs WHERE state = 'pending' AND run_at
 // Only jobs in a final state have a `finished_at` (migration 0004). Naming the states here as
 // well made the planner pick jobs_state_created and sort every finished job.
 pub(crate) const DELETE_EXPIRED: &str = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs
-    WHERE finished_at < ?1 ORDER BY finished_at LIMIT ?2) RETURNING id, state";
+    WHERE finished_at < ?1 ORDER BY finished_at LIMIT ?2) RETURNING id, state, batch_id";
 
 /// The decision for a job whose lease expired.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,17 +197,23 @@ pub(crate) fn retain(
             let state = state
                 .parse::<JobState>()
                 .map_err(|_| super::errors::corrupt("jobs.state", state))?;
-            Ok((id, state))
+            let batch_id: Option<String> = row.get(2)?;
+            Ok((id, state, batch_id))
         },
     )?;
     let mut delete_events = tx.conn.prepare_cached(DELETE_JOB_EVENTS)?;
-    for (id, _) in &deleted {
+    for (id, _, _) in &deleted {
         delete_events.execute(params![id])?;
     }
     drop(delete_events);
-    for (_, state) in &deleted {
+    for (_, state, _) in &deleted {
         tx.count_add(*state, -1);
     }
+    let batch_ids: BTreeSet<String> = deleted
+        .iter()
+        .filter_map(|(_, _, batch_id)| batch_id.clone())
+        .collect();
+    batches_delete_empty(tx, &batch_ids.into_iter().collect::<Vec<_>>())?;
     report.deleted += deleted.len() as u64;
     Ok(())
 }

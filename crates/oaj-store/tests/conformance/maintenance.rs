@@ -244,7 +244,58 @@ async fn job_events(store: &Arc<dyn Store>, job_id: &str) -> usize {
     store.event_list(filter).await.unwrap().len()
 }
 
+/// Inserts two cancelled jobs as batch `batch_id` and returns their ids.
+async fn cancelled_batch(store: &Arc<dyn Store>, batch_id: &str) -> Vec<String> {
+    let ids = store
+        .job_insert_many(vec![job_new(T0), job_new(T0)], Some(batch_id.to_owned()))
+        .await
+        .unwrap();
+    for id in &ids {
+        store.job_action(id, JobAction::Cancel, T0).await.unwrap();
+    }
+    ids
+}
+
+/// Reports whether a batch row with `batch_id` exists, by inserting a new batch with that id:
+/// the store rejects an id that is taken. The probe batch is deleted again.
+async fn batch_row_exists(store: &Arc<dyn Store>, batch_id: &str) -> bool {
+    let Ok(ids) = store
+        .job_insert_many(vec![job_new(T0)], Some(batch_id.to_owned()))
+        .await
+    else {
+        return true;
+    };
+    store
+        .job_action(&ids[0], JobAction::Cancel, T0)
+        .await
+        .unwrap();
+    store.job_delete(&ids[0]).await.unwrap();
+    false
+}
+
+/// Regression: retention and delete left the batch row of every batch whose jobs they removed,
+/// one row per batch forever.
+async fn batch_row_goes_with_its_last_job(store: Arc<dyn Store>) {
+    workflow_setup(&store).await;
+    let by_retention = cancelled_batch(&store, "batch-retention").await;
+    let by_delete = cancelled_batch(&store, "batch-delete").await;
+
+    store.job_delete(&by_delete[0]).await.unwrap();
+    assert!(batch_row_exists(&store, "batch-delete").await);
+    store.job_delete(&by_delete[1]).await.unwrap();
+    assert!(!batch_row_exists(&store, "batch-delete").await);
+
+    let retention = MaintenanceParams {
+        retention_ms: Some(1),
+        ..params(T0 + 10)
+    };
+    assert_eq!(store.maintenance(retention).await.unwrap().deleted, 2);
+    assert!(store.job_get(&by_retention[0]).await.unwrap().is_none());
+    assert!(!batch_row_exists(&store, "batch-retention").await);
+}
+
 crate::store_tests!(
+    batch_row_goes_with_its_last_job,
     rescue_requeues_expired_lease,
     rescue_fails_after_max_interruptions,
     rescue_honours_cancel_request,
