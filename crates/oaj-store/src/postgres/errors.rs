@@ -100,6 +100,7 @@ pub(crate) fn error_copy(error: &StoreError) -> StoreError {
         StoreError::Database(message) => StoreError::Database(message.clone()),
         StoreError::Unavailable(message) => StoreError::Unavailable(message.clone()),
         StoreError::TextInvalid(message) => StoreError::TextInvalid(message.clone()),
+        StoreError::Full(message) => StoreError::Full(message.clone()),
         StoreError::Closed => StoreError::Closed,
         other => StoreError::Database(format!("write transaction failed: {other}")),
     }
@@ -110,6 +111,15 @@ mod tests {
     use deadpool_postgres::{PoolError, TimeoutType};
 
     use super::*;
+
+    /// Regression: a group's full-disk error reached its other calls as `Database`, which the
+    /// API answers with 500.
+    #[test]
+    fn error_copy_keeps_full_disk() {
+        let copy = error_copy(&StoreError::Full("postgres 53100".into()));
+
+        assert!(matches!(copy, StoreError::Full(_)), "{copy:?}");
+    }
 
     #[test]
     fn pool_timeout_is_unavailable() {

@@ -47,6 +47,9 @@ trait Request: Send {
 
     /// Returns the error of the last run, when it failed.
     fn failure(&self) -> Option<String>;
+
+    /// Reports whether the last run failed because the disk is full.
+    fn failed_full(&self) -> bool;
 }
 
 /// A request made by [`Writer::write`]: the operation, the result of its last run, and the
@@ -88,6 +91,10 @@ where
             Some(Err(error)) => Some(error.to_string()),
             _ => None,
         }
+    }
+
+    fn failed_full(&self) -> bool {
+        matches!(self.result, Some(Err(StoreError::Full(_))))
     }
 }
 
@@ -490,6 +497,12 @@ fn run_in_savepoint(conn: &Connection, request: &mut dyn Request) -> Result<Ran,
     // Without a transaction there is no savepoint to release or roll back to, and the error of
     // that statement would hide the request's own, which gives the reason SQLite ended it.
     if conn.is_autocommit() {
+        // A full disk keeps its kind, so that the callers learn what to do.
+        if request.failed_full() {
+            return Err(StoreError::Full(
+                "SQLite ended the write transaction during a request".to_owned(),
+            ));
+        }
         let cause = request.failure();
         return Err(StoreError::Database(format!(
             "SQLite ended the write transaction during a request: {}",

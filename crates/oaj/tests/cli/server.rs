@@ -436,6 +436,20 @@ fn full_disk_answers_store_full() {
     assert!(message.contains("503 store_full"), "{message}");
     assert!(message.contains("free space"), "{message}");
 
+    // An input larger than SQLite's page cache fails in the middle of its insert, not at the
+    // commit, and SQLite then ends the transaction itself.
+    let huge_input = json!({ "name": "y".repeat(3_000_000) }).to_string();
+    let huge_input = format!("@{}", sandbox.write("huge.json", &huge_input));
+    let huge = client(
+        &sandbox,
+        &server.url,
+        TOKEN,
+        &["submit", &workflow, "--input", &huge_input],
+    );
+    let message = stderr(&huge);
+    assert_eq!(huge.status.code(), Some(1), "{message}");
+    assert!(message.contains("503 store_full"), "{message}");
+
     let before_shown = ok(&sandbox, &server, &["jobs", "show", before_id]);
     assert!(before_shown.contains("completed"), "{before_shown}");
 
