@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     match cmd::run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", cmd::printable(&format!("{error:#}")));
             ExitCode::from(2)
         }
     }

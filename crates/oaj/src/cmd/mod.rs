@@ -19,6 +19,8 @@ mod run;
 mod serve;
 mod submit;
 mod terminal;
+
+pub(crate) use terminal::printable;
 mod validate;
 mod worker;
 
@@ -87,7 +89,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// commands report usage problems and bad input themselves.
 fn or_error(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
     Ok(result.unwrap_or_else(|error| {
-        eprintln!("error: {error:#}");
+        eprintln!("error: {}", terminal::printable(&format!("{error:#}")));
         ExitCode::from(exit::ERROR)
     }))
 }

@@ -59,24 +59,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let text = match std::fs::read_to_string(&args.workflow) {
         Ok(text) => text,
         Err(error) => {
-            eprintln!(
-                "error: cannot read workflow {}: {error}",
-                args.workflow.display()
-            );
+            let message = format!("cannot read workflow {}: {error}", args.workflow.display());
+            eprintln!("error: {}", printable(&message));
             return Ok(ExitCode::from(exit::USAGE));
         }
     };
     let input = match args.input.as_deref().map(common::input_text).transpose() {
         Ok(input) => input,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", printable(&format!("{error:#}")));
             return Ok(ExitCode::from(exit::USAGE));
         }
     };
     let input = match input.as_ref().map(common::input_parse).transpose() {
         Ok(input) => input.unwrap_or_else(|| serde_json::Value::Object(Default::default())),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", printable(&format!("{error:#}")));
             return Ok(ExitCode::from(exit::INVALID));
         }
     };
@@ -129,8 +127,9 @@ async fn submit(
         Ok(job_id) => Ok(Ok(job_id)),
         Err(SubmitError::InputInvalid(report)) => {
             eprintln!(
-                "error: invalid input for workflow {}\n{report}",
-                workflow.id
+                "error: invalid input for workflow {}\n{}",
+                workflow.id,
+                printable(&report.to_string())
             );
             Ok(Err(ExitCode::from(exit::INVALID)))
         }

@@ -107,7 +107,8 @@ fn submission_read(args: &SubmitArgs) -> Result<Submission, ExitCode> {
         match std::fs::read_to_string(&args.workflow) {
             Ok(text) => Some(text),
             Err(error) => {
-                eprintln!("error: cannot read workflow {}: {error}", args.workflow);
+                let message = format!("cannot read workflow {}: {error}", args.workflow);
+                eprintln!("error: {}", printable(&message));
                 return Err(ExitCode::from(exit::USAGE));
             }
         }
@@ -123,14 +124,14 @@ fn submission_read(args: &SubmitArgs) -> Result<Submission, ExitCode> {
     let input = match args.input.as_deref().map(common::input_text).transpose() {
         Ok(input) => input,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", printable(&format!("{error:#}")));
             return Err(ExitCode::from(exit::USAGE));
         }
     };
     let input = match input.as_ref().map(common::input_parse).transpose() {
         Ok(input) => input.unwrap_or_else(|| json!({})),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", printable(&format!("{error:#}")));
             return Err(ExitCode::from(exit::INVALID));
         }
     };
@@ -269,7 +270,7 @@ async fn remote(
         }
         Err(error) => match error.downcast_ref::<ApiFailure>() {
             Some(failure) if is_invalid(failure) => {
-                eprintln!("error: {failure}");
+                eprintln!("error: {}", printable(&failure.to_string()));
                 for problem in problems(failure) {
                     eprintln!("  {}", printable(&problem));
                 }

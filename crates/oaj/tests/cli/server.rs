@@ -466,3 +466,24 @@ fn full_disk_answers_store_full() {
     );
     drop(server);
 }
+
+/// Regression: the server's message about an invalid document went to the terminal raw, with the
+/// escape sequence of the document's id in it.
+#[test]
+fn server_message_printed_escaped() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox);
+    let workflow = sandbox.write(
+        "bad.json",
+        r#"{"id": "bad\u001b]0;TITLE\u0007id", "steps": [{"id": "a", "component": "echo"}]}"#,
+    );
+
+    let output = client(&sandbox, &server.url, TOKEN, &["submit", &workflow]);
+
+    let message = stderr(&output);
+    assert_ne!(output.status.code(), Some(0), "{message}");
+    assert!(message.contains("workflow_invalid"), "{message}");
+    assert!(message.contains(r"bad\u{1b}]0;TITLE\u{7}id"), "{message}");
+    assert!(!message.contains('\u{1b}'), "{message:?}");
+    assert!(!message.contains('\u{7}'), "{message:?}");
+}
