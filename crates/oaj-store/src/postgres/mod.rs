@@ -154,8 +154,14 @@ impl PostgresStore {
         let url_redacted = config_url_redacted(&config);
         if let Some(schema) = &options.schema {
             schema_check(schema, &url_redacted)?;
-            // Every connection, pooled or dedicated, then finds the tables in this schema.
-            config.options(format!("-c search_path={schema}"));
+            // Every connection, pooled or dedicated, then finds the tables in this schema. Options
+            // from the URL (`?options=-c ...`) are kept.
+            let search_path = format!("-c search_path={schema}");
+            let options = match config.get_options() {
+                Some(options) if !options.is_empty() => format!("{options} {search_path}"),
+                _ => search_path,
+            };
+            config.options(options);
         }
         let open_error = |error: StoreError| StoreError::Open {
             path: url_redacted.clone(),

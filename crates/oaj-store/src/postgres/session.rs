@@ -14,12 +14,14 @@ use crate::error::StoreError;
 pub(crate) const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 /// Returns the time allowed to open a connection with `config`: its `connect_timeout`, or
-/// [`CONNECT_TIMEOUT_DEFAULT`].
+/// [`CONNECT_TIMEOUT_DEFAULT`], for each host of the URL, since the client tries them in turn.
 pub(crate) fn connect_timeout(config: &Config) -> Duration {
-    config
+    let per_host = config
         .get_connect_timeout()
         .copied()
-        .unwrap_or(CONNECT_TIMEOUT_DEFAULT)
+        .unwrap_or(CONNECT_TIMEOUT_DEFAULT);
+    let hosts = u32::try_from(config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
+    per_host.saturating_mul(hosts)
 }
 
 /// Opens a connection and drives it on a task of its own. Notifications go to the returned

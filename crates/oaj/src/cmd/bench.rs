@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::common::WorkerArgs;
 use super::exit;
@@ -161,10 +161,13 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         eprintln!("error: {problem}");
         return Ok(ExitCode::from(exit::USAGE));
     }
+    // Listening starts before the workload, whose first step (opening the database) does not
+    // yield, so that a signal that comes during it is not lost.
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let report = tokio::select! {
         report = workload_run(command.workload) => report?,
-        status = interrupted() => {
-            let status = status.context("cannot listen for SIGINT and SIGTERM")?;
+        status = interrupted(&mut interrupt, &mut terminate) => {
             eprintln!(
                 "benchmark interrupted: a temporary database is deleted; one given by --db or \
                  --database is kept"
@@ -214,11 +217,9 @@ async fn workload_run(workload: Workload) -> anyhow::Result<Report> {
 
 /// Waits for SIGINT or SIGTERM and returns the exit status a shell reports for it (128 plus the
 /// signal's number).
-async fn interrupted() -> std::io::Result<u8> {
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    Ok(tokio::select! {
+async fn interrupted(interrupt: &mut Signal, terminate: &mut Signal) -> u8 {
+    tokio::select! {
         _ = interrupt.recv() => 130,
         _ = terminate.recv() => 143,
-    })
+    }
 }

@@ -234,3 +234,25 @@ fn interrupted_run_deletes_temporary_database() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Regression: the schema of a benchmark replaced the `options` of the URL, so a run asked for
+/// `synchronous_commit=off` ran and reported `on`.
+#[test]
+fn postgres_url_options_are_kept() {
+    let Some(url) = crate::fleet::database_url() else {
+        return;
+    };
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{separator}options=-c%20synchronous_commit%3Doff");
+    let report = bench(&[
+        "enqueue",
+        "--jobs",
+        "2",
+        "--single-jobs",
+        "0",
+        "--database",
+        &url,
+    ]);
+    assert_eq!(report["settings"]["synchronous_commit"], "off");
+    assert_eq!(report["results"]["jobs_queued"], 2);
+}

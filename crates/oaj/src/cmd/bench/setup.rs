@@ -99,9 +99,10 @@ async fn postgres_open(url: &str) -> anyhow::Result<BenchStore> {
         .context("the system clock is before 1970")?
         .as_nanos();
     let schema = format!("oaj_bench_{}_{nanos}", std::process::id());
-    let store = postgres_connect(url, &schema).await?;
-    // Printed now, so that a run that is interrupted still names the schema it leaves behind.
+    // Printed before the schema is created, so that a run that is interrupted still names the
+    // schema it may leave behind.
     eprintln!("benchmark schema: {schema} (kept after the run; drop it with DROP SCHEMA {schema} CASCADE)");
+    let store = postgres_connect(url, &schema).await?;
     Ok(BenchStore {
         store: store.clone(),
         backend: Backend::Postgres {
