@@ -1,5 +1,14 @@
 //! The `oaj` command line. Exit codes are listed in `cmd/exit.rs` and in README.md.
 
+/// Prints a line to stderr like `eprintln!`, but drops it when stderr cannot be written (closed,
+/// or on a full disk), where `eprintln!` panics, which would end a process that runs a job.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cmd;
 
 use std::io::IsTerminal;
@@ -21,7 +30,10 @@ fn main() -> ExitCode {
             std::env::remove_var(name);
         }
     }
-    let cli = cmd::Cli::parse();
+    let cli = match cmd::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return parse_failed(&error),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OAJ_LOG")
@@ -37,8 +49,21 @@ fn main() -> ExitCode {
     match cmd::run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {}", cmd::printable(&format!("{error:#}")));
+            errln!("error: {}", cmd::printable(&format!("{error:#}")));
             ExitCode::from(2)
         }
     }
+}
+
+/// Prints clap's help, version or usage error and returns its exit status. A closed stdout ends
+/// with status 141, as `cmd::terminal::stdout_write` does, where clap's own exit ignores it.
+fn parse_failed(error: &clap::Error) -> ExitCode {
+    let status = match error.print() {
+        Ok(()) => error.exit_code(),
+        Err(write) if write.kind() == std::io::ErrorKind::BrokenPipe => {
+            i32::from(cmd::STDOUT_CLOSED)
+        }
+        Err(_) => 1,
+    };
+    ExitCode::from(u8::try_from(status).unwrap_or(1))
 }

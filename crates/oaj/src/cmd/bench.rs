@@ -158,7 +158,7 @@ pub struct MemoryArgs {
 /// that signal.
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     if let Some(problem) = command.workload.flags_problem() {
-        eprintln!("error: {problem}");
+        errln!("error: {problem}");
         return Ok(ExitCode::from(exit::USAGE));
     }
     // Listening starts before the workload, whose first step (opening the database) does not
@@ -168,7 +168,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let report = tokio::select! {
         report = workload_run(command.workload) => report?,
         status = interrupted(&mut interrupt, &mut terminate) => {
-            eprintln!(
+            errln!(
                 "benchmark interrupted: a temporary database is deleted; one given by --db or \
                  --database is kept"
             );

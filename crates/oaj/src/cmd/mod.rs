@@ -20,6 +20,7 @@ mod serve;
 mod submit;
 mod terminal;
 
+pub(crate) use exit::STDOUT_CLOSED;
 pub(crate) use terminal::printable;
 mod validate;
 mod worker;
@@ -89,7 +90,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// commands report usage problems and bad input themselves.
 fn or_error(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
     Ok(result.unwrap_or_else(|error| {
-        eprintln!("error: {}", terminal::printable(&format!("{error:#}")));
+        errln!("error: {}", terminal::printable(&format!("{error:#}")));
         ExitCode::from(exit::ERROR)
     }))
 }

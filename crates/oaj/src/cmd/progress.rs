@@ -49,7 +49,7 @@ impl Progress {
         self.apply(event);
         if !self.terminal {
             if let Some(line) = plain_line(event) {
-                eprintln!("{}", printable(&line));
+                errln!("{}", printable(&line));
             }
         }
     }

@@ -60,21 +60,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(text) => text,
         Err(error) => {
             let message = format!("cannot read workflow {}: {error}", args.workflow.display());
-            eprintln!("error: {}", printable(&message));
+            errln!("error: {}", printable(&message));
             return Ok(ExitCode::from(exit::USAGE));
         }
     };
     let input = match args.input.as_deref().map(common::input_text).transpose() {
         Ok(input) => input,
         Err(error) => {
-            eprintln!("error: {}", printable(&format!("{error:#}")));
+            errln!("error: {}", printable(&format!("{error:#}")));
             return Ok(ExitCode::from(exit::USAGE));
         }
     };
     let input = match input.as_ref().map(common::input_parse).transpose() {
         Ok(input) => input.unwrap_or_else(|| serde_json::Value::Object(Default::default())),
         Err(error) => {
-            eprintln!("error: {}", printable(&format!("{error:#}")));
+            errln!("error: {}", printable(&format!("{error:#}")));
             return Ok(ExitCode::from(exit::INVALID));
         }
     };
@@ -101,7 +101,7 @@ async fn submit(
     let (workflow, _) = match engine.workflow_register(text).await {
         Ok(registered) => registered,
         Err(SubmitError::WorkflowInvalid(report)) => {
-            eprintln!(
+            errln!(
                 "error: invalid workflow\n{}",
                 printable(&report.to_string())
             );
@@ -111,7 +111,7 @@ async fn submit(
             id,
             version,
         })) => {
-            eprintln!("{}", super::submit::version_conflict(&id, &version));
+            errln!("{}", super::submit::version_conflict(&id, &version));
             return Ok(Err(ExitCode::from(exit::INVALID)));
         }
         Err(error) => return Err(error).context("cannot store the workflow"),
@@ -126,7 +126,7 @@ async fn submit(
     match engine.job_submit(submit).await {
         Ok(job_id) => Ok(Ok(job_id)),
         Err(SubmitError::InputInvalid(report)) => {
-            eprintln!(
+            errln!(
                 "error: invalid input for workflow {}\n{}",
                 workflow.id,
                 printable(&report.to_string())
@@ -145,7 +145,7 @@ async fn drive(engine: &Engine, job_id: &str, args: &RunArgs) -> anyhow::Result<
         async move { engine.run(shutdown).await }
     });
     if !args.quiet {
-        eprintln!("job {job_id} submitted");
+        errln!("job {job_id} submitted");
     }
     let mut progress = Progress::new(job_id, !args.quiet, std::io::stderr().is_terminal());
     let mut events = engine.store().event_subscribe();
@@ -204,7 +204,7 @@ async fn interrupt(
 ) -> anyhow::Result<bool> {
     match choice {
         OnInterrupt::Cancel => {
-            eprintln!("cancelling job {job_id}");
+            errln!("cancelling job {job_id}");
             let now = engine.clock().now_ms();
             engine
                 .store()
@@ -214,7 +214,7 @@ async fn interrupt(
         }
         OnInterrupt::Leave => {
             let grace = engine.config().shutdown_grace.as_secs();
-            eprintln!(
+            errln!(
                 "leaving job {job_id} for a worker: running attempts get up to {grace} s to \
                  finish; any still running then are stopped and run again by the next worker"
             );
@@ -225,7 +225,10 @@ async fn interrupt(
 }
 
 fn ask_interrupt() -> anyhow::Result<OnInterrupt> {
-    eprint!("\ninterrupted: [c]ancel the job, or [l]eave it for `oaj worker`? [c/l] ");
+    write!(
+        std::io::stderr(),
+        "\ninterrupted: [c]ancel the job, or [l]eave it for `oaj worker`? [c/l] "
+    )?;
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
@@ -253,24 +256,26 @@ pub(crate) fn report(job: Job, json: bool) -> anyhow::Result<ExitCode> {
         }
         JobState::Failed => {
             let error = job.error.as_deref().unwrap_or("no reason recorded");
-            eprintln!("job {} failed: {}", job.id, printable(error));
+            errln!("job {} failed: {}", job.id, printable(error));
             exit::FAILED
         }
         JobState::Cancelled => {
-            eprintln!("job {} was cancelled", job.id);
+            errln!("job {} was cancelled", job.id);
             exit::CANCELLED
         }
         JobState::Paused => {
-            eprintln!(
+            errln!(
                 "job {} is paused: resume it with `oaj jobs resume {}`",
-                job.id, job.id
+                job.id,
+                job.id
             );
             exit::NOT_FINISHED
         }
         _ => {
-            eprintln!(
+            errln!(
                 "job {} is {} and left for a worker: run `oaj worker` to finish it",
-                job.id, job.state
+                job.id,
+                job.state
             );
             exit::NOT_FINISHED
         }

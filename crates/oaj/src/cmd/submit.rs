@@ -108,14 +108,14 @@ fn submission_read(args: &SubmitArgs) -> Result<Submission, ExitCode> {
             Ok(text) => Some(text),
             Err(error) => {
                 let message = format!("cannot read workflow {}: {error}", args.workflow);
-                eprintln!("error: {}", printable(&message));
+                errln!("error: {}", printable(&message));
                 return Err(ExitCode::from(exit::USAGE));
             }
         }
     } else if is_workflow_id(&args.workflow) {
         None
     } else {
-        eprintln!(
+        errln!(
             "error: {} is neither a file nor a workflow id (letters, digits, - and _)",
             args.workflow
         );
@@ -124,14 +124,14 @@ fn submission_read(args: &SubmitArgs) -> Result<Submission, ExitCode> {
     let input = match args.input.as_deref().map(common::input_text).transpose() {
         Ok(input) => input,
         Err(error) => {
-            eprintln!("error: {}", printable(&format!("{error:#}")));
+            errln!("error: {}", printable(&format!("{error:#}")));
             return Err(ExitCode::from(exit::USAGE));
         }
     };
     let input = match input.as_ref().map(common::input_parse).transpose() {
         Ok(input) => input.unwrap_or_else(|| json!({})),
         Err(error) => {
-            eprintln!("error: {}", printable(&format!("{error:#}")));
+            errln!("error: {}", printable(&format!("{error:#}")));
             return Err(ExitCode::from(exit::INVALID));
         }
     };
@@ -185,7 +185,7 @@ async fn local(args: &SubmitArgs, submission: Submission) -> anyhow::Result<Exit
     if !args.wait {
         return submitted(&job, args.json);
     }
-    eprintln!("job {job_id} submitted; waiting for a worker to run it");
+    errln!("job {job_id} submitted; waiting for a worker to run it");
     let job = local_wait(store.as_ref(), &job_id).await?;
     report(job, args.json)
 }
@@ -206,18 +206,18 @@ fn worker_config() -> oaj_engine::EngineConfig {
 fn submit_failed(error: SubmitError) -> anyhow::Result<ExitCode> {
     match error {
         SubmitError::WorkflowInvalid(report) => {
-            eprintln!(
+            errln!(
                 "error: invalid workflow\n{}",
                 printable(&report.to_string())
             );
             Ok(ExitCode::from(exit::INVALID))
         }
         SubmitError::InputInvalid(report) => {
-            eprintln!("error: invalid input\n{}", printable(&report.to_string()));
+            errln!("error: invalid input\n{}", printable(&report.to_string()));
             Ok(ExitCode::from(exit::INVALID))
         }
         SubmitError::Store(StoreError::WorkflowExistsWithDifferentDocument { id, version }) => {
-            eprintln!("{}", version_conflict(&id, &version));
+            errln!("{}", version_conflict(&id, &version));
             Ok(ExitCode::from(exit::INVALID))
         }
         error => Err(error).context("cannot submit the job"),
@@ -264,15 +264,15 @@ async fn remote(
     match remote_submit(client, args, submission).await {
         Ok(job) if !args.wait => submitted(&job, args.json),
         Ok(job) => {
-            eprintln!("job {} submitted", job.id);
+            errln!("job {} submitted", job.id);
             let job = remote_wait(client, &job.id).await?;
             report(job, args.json)
         }
         Err(error) => match error.downcast_ref::<ApiFailure>() {
             Some(failure) if is_invalid(failure) => {
-                eprintln!("error: {}", printable(&failure.to_string()));
+                errln!("error: {}", printable(&failure.to_string()));
                 for problem in problems(failure) {
-                    eprintln!("  {}", printable(&problem));
+                    errln!("  {}", printable(&problem));
                 }
                 Ok(ExitCode::from(exit::INVALID))
             }

@@ -184,19 +184,45 @@ fn control_characters_printed_escaped() {
 }
 
 /// Regression: with stdout closed, as when `head` stops reading, `oaj` panicked ("failed
-/// printing to stdout: Broken pipe") instead of ending quietly as other Unix tools do.
+/// printing to stdout: Broken pipe") instead of ending quietly as other Unix tools do, and
+/// `--help` and `--version` exited 0.
 #[test]
 fn closed_stdout_exits_quietly() {
-    let (reader, writer) = std::io::pipe().expect("a pipe");
-    drop(reader);
+    let commands: [&[&str]; 3] = [
+        &["validate", "examples/release-notes.json"],
+        &["--help"],
+        &["--version"],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_oaj"))
+            .args(args)
+            .current_dir(crate::REPOSITORY_ROOT)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("the oaj binary runs");
+        let message = crate::stderr(&output);
+        assert_eq!(output.status.code(), Some(141), "{args:?}: {message}");
+        assert!(!message.contains("panicked"), "{args:?}: {message}");
+    }
+}
+
+/// Regression: an error message that could not be written to stderr (a full disk) made `oaj`
+/// panic with status 101 instead of exiting with the status of the error.
+#[test]
+fn failed_stderr_keeps_exit_status() {
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full opens");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_oaj"))
-        .args(["validate", "examples/release-notes.json"])
+        .args(["validate", "no-such-file.json"])
         .current_dir(crate::REPOSITORY_ROOT)
-        .stdout(writer)
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(full)
         .output()
         .expect("the oaj binary runs");
-    let message = crate::stderr(&output);
-    assert_eq!(output.status.code(), Some(141), "{message}");
-    assert!(!message.contains("panicked"), "{message}");
+    assert_eq!(output.status.code(), Some(2));
 }

@@ -101,7 +101,7 @@ async fn postgres_open(url: &str) -> anyhow::Result<BenchStore> {
     let schema = format!("oaj_bench_{}_{nanos}", std::process::id());
     // Printed before the schema is created, so that a run that is interrupted still names the
     // schema it may leave behind.
-    eprintln!("benchmark schema: {schema} (kept after the run; drop it with DROP SCHEMA {schema} CASCADE)");
+    errln!("benchmark schema: {schema} (kept after the run; drop it with DROP SCHEMA {schema} CASCADE)");
     let store = postgres_connect(url, &schema).await?;
     Ok(BenchStore {
         store: store.clone(),
