@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     match cmd::run(cli) {
         Ok(code) => code,
         Err(error) => {
-            errln!("error: {}", cmd::printable(&format!("{error:#}")));
+            cmd::error_print(format_args!("{error:#}"));
             ExitCode::from(2)
         }
     }

@@ -112,8 +112,8 @@ mod tests {
 
     use super::*;
 
-    /// Regression: a group's full-disk error reached its other calls as `Database`, which the
-    /// API answers with 500.
+    /// Regression: a group's full-disk error reached its other calls as `Database`, for which the
+    /// API returns 500.
     #[test]
     fn error_copy_keeps_full_disk() {
         let copy = error_copy(&StoreError::Full("postgres 53100".into()));

@@ -97,7 +97,7 @@ pub(crate) fn job_delete(tx: &mut WriteTx<'_>, id: &str) -> Result<(), StoreErro
     tx.conn
         .prepare_cached(DELETE_JOB_EVENTS)?
         .execute(params![id])?;
-    batches_delete_empty(tx, batch_id.as_slice())?;
+    batches_delete_empty(tx, batch_id)?;
     tx.count_add(head.state, -1);
     Ok(())
 }
@@ -105,7 +105,7 @@ pub(crate) fn job_delete(tx: &mut WriteTx<'_>, id: &str) -> Result<(), StoreErro
 /// Deletes the rows of the batches in `batch_ids` that no longer have a job.
 pub(crate) fn batches_delete_empty(
     tx: &mut WriteTx<'_>,
-    batch_ids: &[String],
+    batch_ids: impl IntoIterator<Item = String>,
 ) -> Result<(), StoreError> {
     let mut delete = tx.conn.prepare_cached(DELETE_BATCH_IF_EMPTY)?;
     for batch_id in batch_ids {

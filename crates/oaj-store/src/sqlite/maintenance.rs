@@ -213,7 +213,7 @@ pub(crate) fn retain(
         .iter()
         .filter_map(|(_, _, batch_id)| batch_id.clone())
         .collect();
-    batches_delete_empty(tx, &batch_ids.into_iter().collect::<Vec<_>>())?;
+    batches_delete_empty(tx, batch_ids)?;
     report.deleted += deleted.len() as u64;
     Ok(())
 }

@@ -21,12 +21,20 @@ use super::exit;
 use report::Report;
 use setup::BenchDb;
 
-/// Most jobs a bulk workload takes. The run keeps every job id in memory to check the jobs
+/// Largest `--jobs` of a bulk workload. The run keeps every job id in memory to check the jobs
 /// afterwards, about 60 bytes each.
 const JOBS_MAX: i64 = 50_000_000;
 
-/// Most jobs a workload that runs one job at a time takes.
+/// Largest `--jobs` of a workload that runs one job at a time.
 const JOBS_ONE_AT_A_TIME_MAX: i64 = 1_000_000;
+
+/// The error of `--workers` above 1 on SQLite.
+pub(crate) const WORKERS_NEED_POSTGRES: &str = "--workers above 1 needs --database URL, \
+    because a SQLite benchmark runs one worker: pass --database or --workers 1";
+
+/// The error of `bench memory` on PostgreSQL.
+const MEMORY_NEEDS_SQLITE: &str =
+    "`oaj bench memory` measures an `oaj worker` process on a SQLite file: drop --database";
 
 /// Arguments of `oaj bench`.
 #[derive(Debug, Args)]
@@ -187,20 +195,15 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
 impl Workload {
     /// Returns what is wrong with a combination of flags that clap cannot check alone.
     fn flags_problem(&self) -> Option<&'static str> {
-        let (workers, db) =
-            match self {
-                Workload::Drain(args) => (args.workers, &args.db),
-                Workload::Latency(args) => (args.workers, &args.db),
-                Workload::Memory(args) if args.db.database.is_some() => return Some(
-                    "`oaj bench memory` measures an `oaj worker` process on a SQLite file: drop \
-                     --database",
-                ),
-                _ => return None,
-            };
-        (workers > 1 && db.database.is_none()).then_some(
-            "--workers above 1 needs --database URL, because a SQLite benchmark runs one worker: \
-             pass --database or --workers 1",
-        )
+        let (workers, db) = match self {
+            Workload::Drain(args) => (args.workers, &args.db),
+            Workload::Latency(args) => (args.workers, &args.db),
+            Workload::Memory(args) if args.db.database.is_some() => {
+                return Some(MEMORY_NEEDS_SQLITE)
+            }
+            _ => return None,
+        };
+        (workers > 1 && db.database.is_none()).then_some(WORKERS_NEED_POSTGRES)
     }
 }
 

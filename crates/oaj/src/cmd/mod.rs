@@ -19,11 +19,11 @@ mod run;
 mod serve;
 mod submit;
 mod terminal;
-
-pub(crate) use exit::STDOUT_CLOSED;
-pub(crate) use terminal::printable;
 mod validate;
 mod worker;
+
+pub(crate) use exit::STDOUT_CLOSED;
+pub(crate) use terminal::error_print;
 
 use std::process::ExitCode;
 
@@ -90,7 +90,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// commands report usage problems and bad input themselves.
 fn or_error(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
     Ok(result.unwrap_or_else(|error| {
-        errln!("error: {}", terminal::printable(&format!("{error:#}")));
+        terminal::error_print(format_args!("{error:#}"));
         ExitCode::from(exit::ERROR)
     }))
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, DbArgs, WorkerArgs};
 use super::exit;
 use super::progress::Progress;
-use super::terminal::printable;
+use super::terminal::{error_print, printable};
 
 /// Arguments of `oaj run`.
 #[derive(Debug, Args)]
@@ -59,22 +59,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let text = match std::fs::read_to_string(&args.workflow) {
         Ok(text) => text,
         Err(error) => {
-            let message = format!("cannot read workflow {}: {error}", args.workflow.display());
-            errln!("error: {}", printable(&message));
+            error_print(format_args!(
+                "cannot read workflow {}: {error}",
+                args.workflow.display()
+            ));
             return Ok(ExitCode::from(exit::USAGE));
         }
     };
     let input = match args.input.as_deref().map(common::input_text).transpose() {
         Ok(input) => input,
         Err(error) => {
-            errln!("error: {}", printable(&format!("{error:#}")));
+            error_print(format_args!("{error:#}"));
             return Ok(ExitCode::from(exit::USAGE));
         }
     };
     let input = match input.as_ref().map(common::input_parse).transpose() {
         Ok(input) => input.unwrap_or_else(|| serde_json::Value::Object(Default::default())),
         Err(error) => {
-            errln!("error: {}", printable(&format!("{error:#}")));
+            error_print(format_args!("{error:#}"));
             return Ok(ExitCode::from(exit::INVALID));
         }
     };
@@ -101,10 +103,7 @@ async fn submit(
     let (workflow, _) = match engine.workflow_register(text).await {
         Ok(registered) => registered,
         Err(SubmitError::WorkflowInvalid(report)) => {
-            errln!(
-                "error: invalid workflow\n{}",
-                printable(&report.to_string())
-            );
+            error_print(format_args!("invalid workflow\n{report}"));
             return Ok(Err(ExitCode::from(exit::INVALID)));
         }
         Err(SubmitError::Store(StoreError::WorkflowExistsWithDifferentDocument {
@@ -126,11 +125,10 @@ async fn submit(
     match engine.job_submit(submit).await {
         Ok(job_id) => Ok(Ok(job_id)),
         Err(SubmitError::InputInvalid(report)) => {
-            errln!(
-                "error: invalid input for workflow {}\n{}",
-                workflow.id,
-                printable(&report.to_string())
-            );
+            error_print(format_args!(
+                "invalid input for workflow {}\n{report}",
+                workflow.id
+            ));
             Ok(Err(ExitCode::from(exit::INVALID)))
         }
         Err(error) => Err(error).context("cannot submit the job"),

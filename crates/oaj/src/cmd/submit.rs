@@ -17,7 +17,7 @@ use super::client::{ApiClient, ApiFailure, EventReader, ServerArgs};
 use super::common::{self, DbArgs, WorkerArgs};
 use super::exit;
 use super::run::report;
-use super::terminal::printable;
+use super::terminal::{error_print, printable};
 
 /// Largest `--delay`: ten years, as the API allows.
 const DELAY_SECONDS_MAX: f64 = 315_360_000.0;
@@ -107,31 +107,33 @@ fn submission_read(args: &SubmitArgs) -> Result<Submission, ExitCode> {
         match std::fs::read_to_string(&args.workflow) {
             Ok(text) => Some(text),
             Err(error) => {
-                let message = format!("cannot read workflow {}: {error}", args.workflow);
-                errln!("error: {}", printable(&message));
+                error_print(format_args!(
+                    "cannot read workflow {}: {error}",
+                    args.workflow
+                ));
                 return Err(ExitCode::from(exit::USAGE));
             }
         }
     } else if is_workflow_id(&args.workflow) {
         None
     } else {
-        errln!(
-            "error: {} is neither a file nor a workflow id (letters, digits, - and _)",
+        error_print(format_args!(
+            "{} is neither a file nor a workflow id (letters, digits, - and _)",
             args.workflow
-        );
+        ));
         return Err(ExitCode::from(exit::USAGE));
     };
     let input = match args.input.as_deref().map(common::input_text).transpose() {
         Ok(input) => input,
         Err(error) => {
-            errln!("error: {}", printable(&format!("{error:#}")));
+            error_print(format_args!("{error:#}"));
             return Err(ExitCode::from(exit::USAGE));
         }
     };
     let input = match input.as_ref().map(common::input_parse).transpose() {
         Ok(input) => input.unwrap_or_else(|| json!({})),
         Err(error) => {
-            errln!("error: {}", printable(&format!("{error:#}")));
+            error_print(format_args!("{error:#}"));
             return Err(ExitCode::from(exit::INVALID));
         }
     };
@@ -206,14 +208,11 @@ fn worker_config() -> oaj_engine::EngineConfig {
 fn submit_failed(error: SubmitError) -> anyhow::Result<ExitCode> {
     match error {
         SubmitError::WorkflowInvalid(report) => {
-            errln!(
-                "error: invalid workflow\n{}",
-                printable(&report.to_string())
-            );
+            error_print(format_args!("invalid workflow\n{report}"));
             Ok(ExitCode::from(exit::INVALID))
         }
         SubmitError::InputInvalid(report) => {
-            errln!("error: invalid input\n{}", printable(&report.to_string()));
+            error_print(format_args!("invalid input\n{report}"));
             Ok(ExitCode::from(exit::INVALID))
         }
         SubmitError::Store(StoreError::WorkflowExistsWithDifferentDocument { id, version }) => {
@@ -270,7 +269,7 @@ async fn remote(
         }
         Err(error) => match error.downcast_ref::<ApiFailure>() {
             Some(failure) if is_invalid(failure) => {
-                errln!("error: {}", printable(&failure.to_string()));
+                error_print(format_args!("{failure}"));
                 for problem in problems(failure) {
                     errln!("  {}", printable(&problem));
                 }

@@ -1,4 +1,5 @@
-//! Text from workflow files, agents and the store, made safe to print on a terminal.
+//! Output to the terminal: text from workflow files, agents and the store with its control
+//! characters escaped, and writes to stdout that end the process cleanly when stdout fails.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -17,6 +18,11 @@ pub(crate) fn stdout_write(args: std::fmt::Arguments<'_>) {
     // A stderr that fails too leaves nothing to report the error on.
     let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {error}");
     std::process::exit(1);
+}
+
+/// Prints `error: MESSAGE` to stderr, with the message's control characters escaped.
+pub(crate) fn error_print(message: std::fmt::Arguments<'_>) {
+    errln!("error: {}", printable(&message.to_string()));
 }
 
 /// Returns `text` with each control character (other than line feed and tab) and each

@@ -401,10 +401,10 @@ impl Drop for Tmpfs {
 /// A full disk gets 503 `store_full` from the API, keeps every job stored before it, and the
 /// server takes jobs again once space is freed.
 #[test]
-fn full_disk_answers_store_full() {
+fn full_disk_gets_store_full() {
     let Some(tmpfs) = Tmpfs::mount("4m") else {
         eprintln!(
-            "SKIPPED full_disk_answers_store_full: mounting a tmpfs needs root; CI runs as root"
+            "SKIPPED full_disk_gets_store_full: mounting a tmpfs needs root; CI runs as root"
         );
         return;
     };
@@ -436,8 +436,8 @@ fn full_disk_answers_store_full() {
     assert!(message.contains("503 store_full"), "{message}");
     assert!(message.contains("free space"), "{message}");
 
-    // An input larger than SQLite's page cache fails in the middle of its insert, not at the
-    // commit, and SQLite then ends the transaction itself.
+    // An input larger than SQLite's default page cache (about 2 MB) fails in the middle of its
+    // insert, not at the commit, and SQLite then ends the transaction itself.
     let huge_input = json!({ "name": "y".repeat(3_000_000) }).to_string();
     let huge_input = format!("@{}", sandbox.write("huge.json", &huge_input));
     let huge = client(

@@ -101,7 +101,10 @@ async fn postgres_open(url: &str) -> anyhow::Result<BenchStore> {
     let schema = format!("oaj_bench_{}_{nanos}", std::process::id());
     // Printed before the schema is created, so that a run that is interrupted still names the
     // schema it may leave behind.
-    errln!("benchmark schema: {schema} (kept after the run; drop it with DROP SCHEMA {schema} CASCADE)");
+    errln!(
+        "benchmark schema: {schema} (kept after the run; drop it with \
+         DROP SCHEMA {schema} CASCADE)"
+    );
     let store = postgres_connect(url, &schema).await?;
     Ok(BenchStore {
         store: store.clone(),
@@ -191,10 +194,7 @@ impl BenchStore {
             return Ok(engines);
         }
         let Backend::Postgres { url, schema, .. } = &self.backend else {
-            bail!(
-                "--workers {count} needs --database URL, because a SQLite benchmark runs one \
-                 worker: pass --database or --workers 1"
-            );
+            bail!(super::WORKERS_NEED_POSTGRES);
         };
         for _ in 1..count {
             let store: Arc<dyn Store> = postgres_connect(url, schema).await?;
